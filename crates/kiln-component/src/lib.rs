@@ -8,5 +8,12 @@
 //! [`kiln_host::Host`], so it knows nothing of namespaces, VMs, recipes, images or storage.
 
 pub mod actions;
+pub mod condition;
 pub mod diag;
+pub mod document;
+pub mod engine;
+pub mod expr;
 pub mod node;
+pub mod report;
+pub mod validate;
+pub mod yaml;
