@@ -1,0 +1,26 @@
+//! Vulnerability scanning and SBOMs for images.
+//!
+//! kiln-scan owns what is *in* an image and what is known to be wrong with it: the inventory
+//! of a root directory (dpkg databases read without ever leaving the root, the OS release, the
+//! default kernel), dpkg version semantics, SBOMs (CycloneDX 1.5, SPDX 2.3), the Debian
+//! Security Tracker and OSV feed formats, matching with exact Debian semantics, ignore rules and
+//! the severity gate, and the Image Builder `ImageScanFinding` shape of its findings. It must not
+//! know about recipes, the catalogue database, the build sandbox or HTTP: callers hand it a root
+//! directory and feed bytes or paths, and store what it returns.
+
+mod deb822;
+pub mod feed;
+pub mod finding;
+pub mod inventory;
+pub mod matching;
+pub mod rootfs;
+pub mod sbom;
+pub mod severity;
+pub mod version;
+
+pub use feed::{Database, FeedError, FeedFormat, FeedInfo};
+pub use finding::{Finding, FindingStatus, ImageScanFinding};
+pub use inventory::{Inventory, InventoryError, OsRelease, Package, PackageManager, Problem};
+pub use matching::{GateOutcome, IgnoreRule, ScanError, ScanOptions, ScanReport, evaluate_gate, scan};
+pub use severity::Severity;
+pub use version::{Version, VersionError};
