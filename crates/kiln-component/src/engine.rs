@@ -25,11 +25,12 @@ use kiln_host::Host;
 use time::OffsetDateTime;
 
 use crate::actions::{self, ActionContext, ActionOutcome, DocumentRunner, RebootRequest};
-use crate::document::{Document, LoopIteration, OnFailure, PhaseName, Step};
 use crate::condition::StepAction;
+use crate::document::{Document, LoopIteration, OnFailure, PhaseName, Step};
 use crate::expr::{self, Reference, Section};
 use crate::report::{
-    AttemptReport, Captured, DocumentReport, IterationInfo, PhaseReport, RunReport, Status, StepReport, Timing,
+    AttemptReport, Captured, DocumentReport, IterationInfo, PhaseReport, RunReport, Status, StepReport,
+    Timing,
 };
 
 /// How ExecuteDocument may nest before the engine refuses (a document that runs itself).
@@ -147,8 +148,9 @@ impl Scope<'_> {
                 })
             }
             Reference::Chain(chain) => {
-                let phase = PhaseName::from_name(&chain.phase)
-                    .ok_or_else(|| format!("`{}` is not a phase: use build, validate or test", chain.phase))?;
+                let phase = PhaseName::from_name(&chain.phase).ok_or_else(|| {
+                    format!("`{}` is not a phase: use build, validate or test", chain.phase)
+                })?;
                 let record = self
                     .records
                     .get(&(phase, chain.step.clone()))
@@ -225,7 +227,13 @@ impl<'h> Engine<'h> {
         }
     }
 
-    fn run_one(&self, doc: &Document, phases: &[PhaseName], given: &[(String, String)], depth: u32) -> DocumentReport {
+    fn run_one(
+        &self,
+        doc: &Document,
+        phases: &[PhaseName],
+        given: &[(String, String)],
+        depth: u32,
+    ) -> DocumentReport {
         let start = OffsetDateTime::now_utc();
         let name = doc.name.clone().unwrap_or_else(|| doc.file.clone());
         self.observer.event(&Event::DocumentStarted { document: &name });
@@ -453,7 +461,12 @@ impl<'h> Engine<'h> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         for attempt in 1..=attempts {
-            self.observer.event(&Event::StepStarted { document: doc, phase: phase.as_str(), step: &step.name, attempt });
+            self.observer.event(&Event::StepStarted {
+                document: doc,
+                phase: phase.as_str(),
+                step: &step.name,
+                attempt,
+            });
             let attempt_start = OffsetDateTime::now_utc();
             let result = module.run(inputs.as_ref(), &ctx);
             match result {
@@ -506,7 +519,11 @@ impl<'h> Engine<'h> {
                 if let Some(f) = last_failure {
                     report.exit_code = f.exit_code;
                     report.failure_message = Some(if f.timed_out {
-                        format!("{} (timed out after {}s)", f.message, step.timeout_seconds.unwrap_or_default())
+                        format!(
+                            "{} (timed out after {}s)",
+                            f.message,
+                            step.timeout_seconds.unwrap_or_default()
+                        )
                     } else {
                         f.message
                     });
@@ -527,14 +544,23 @@ impl<'h> Engine<'h> {
     }
 
     /// Write a step's full output to the log directory; returns the file's path.
-    fn write_log(&self, doc: &str, phase: PhaseName, step: &str, stdout: &[u8], stderr: &[u8]) -> Option<String> {
+    fn write_log(
+        &self,
+        doc: &str,
+        phase: PhaseName,
+        step: &str,
+        stdout: &[u8],
+        stderr: &[u8],
+    ) -> Option<String> {
         let dir = self.options.log_dir.as_ref()?;
         let seq = {
             let mut seq = self.log_seq.borrow_mut();
             *seq += 1;
             *seq
         };
-        let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>();
+        let safe = |s: &str| {
+            s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>()
+        };
         let path = dir.join(format!("{seq:04}-{}-{}-{}.log", safe(doc), phase.as_str(), safe(step)));
         let mut text = Vec::with_capacity(stdout.len() + stderr.len() + 64);
         text.extend_from_slice(b"=== stdout\n");
@@ -561,7 +587,9 @@ impl DocumentRunner for Engine<'_> {
         ctx: &ActionContext<'_>,
     ) -> Result<(), String> {
         if ctx.depth + 1 > MAX_DEPTH {
-            return Err(format!("ExecuteDocument nests deeper than {MAX_DEPTH} documents; does a document run itself?"));
+            return Err(format!(
+                "ExecuteDocument nests deeper than {MAX_DEPTH} documents; does a document run itself?"
+            ));
         }
         let full = if path.starts_with('/') { path.to_string() } else { join(ctx.working_dir, path) };
         let bytes = ctx.host.read_file(&full).map_err(|e| format!("cannot read document {full}: {e}"))?;
@@ -572,7 +600,8 @@ impl DocumentRunner for Engine<'_> {
         })?;
         let mut selected = Vec::new();
         for p in phases {
-            let name = PhaseName::from_name(p.trim()).ok_or_else(|| format!("unknown phase `{p}`: use build, validate or test"))?;
+            let name = PhaseName::from_name(p.trim())
+                .ok_or_else(|| format!("unknown phase `{p}`: use build, validate or test"))?;
             selected.push(name);
         }
         let report = self.run_one(&doc, &selected, parameters, ctx.depth + 1);
@@ -619,5 +648,12 @@ fn execution_id(start: OffsetDateTime) -> String {
     h.update(start.unix_timestamp_nanos().to_le_bytes());
     h.update(std::process::id().to_le_bytes());
     let digest = hex::encode(h.finalize());
-    format!("{}-{}-{}-{}-{}", &digest[0..8], &digest[8..12], &digest[12..16], &digest[16..20], &digest[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &digest[0..8],
+        &digest[8..12],
+        &digest[12..16],
+        &digest[16..20],
+        &digest[20..32]
+    )
 }

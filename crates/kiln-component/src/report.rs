@@ -171,10 +171,19 @@ impl RunReport {
         for doc in &self.documents {
             let _ = writeln!(out, "document {} ({}): {}", doc.name, doc.file, doc.status.as_str());
             for phase in &doc.phases {
-                let _ = writeln!(out, "  phase {}: {} in {}", phase.name, phase.status.as_str(), ms(phase.timing.duration_ms));
+                let _ = writeln!(
+                    out,
+                    "  phase {}: {} in {}",
+                    phase.name,
+                    phase.status.as_str(),
+                    ms(phase.timing.duration_ms)
+                );
                 for step in &phase.steps {
-                    let iteration =
-                        step.iteration.as_ref().map(|i| format!(" [{}={}]", i.index, i.value)).unwrap_or_default();
+                    let iteration = step
+                        .iteration
+                        .as_ref()
+                        .map(|i| format!(" [{}={}]", i.index, i.value))
+                        .unwrap_or_default();
                     let took = step.timing.as_ref().map(|t| ms(t.duration_ms)).unwrap_or_default();
                     let attempts = if step.attempts.len() > 1 {
                         format!(", {} attempts", step.attempts.len())

@@ -11,18 +11,12 @@ use kiln_image::{AssembleOptions, DiskLayout, OutputFormat, SizeSpec, assemble};
 
 #[test]
 fn bookworm_disk_boots_to_a_login_prompt() {
-    if !common::have("qemu-system-x86_64") {
-        eprintln!("skipping: qemu-system-x86_64 is not installed (qemu-system-x86)");
-        return;
-    }
-    let firmware = match find_firmware() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            return;
-        }
-    };
-    let Some(tree) = common::bookworm_tree() else { return };
+    assert!(
+        common::have("qemu-system-x86_64"),
+        "qemu-system-x86_64 is not installed (qemu-system-x86): run scripts/install-deps.sh"
+    );
+    let firmware = find_firmware().expect("OVMF firmware (package ovmf): run scripts/install-deps.sh");
+    let tree = common::bookworm_tree();
     let out = tempfile::tempdir().unwrap();
     let layout =
         DiskLayout::default().with_partition("/var/log", SizeSpec::Auto, &["nodev", "nosuid", "noexec"]);

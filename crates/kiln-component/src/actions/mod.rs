@@ -10,6 +10,28 @@ use std::time::Duration;
 
 use kiln_host::Host;
 
+mod compare;
+mod encoding;
+pub mod exec;
+pub mod files;
+pub mod folders;
+pub mod net;
+pub mod owners;
+pub mod s3;
+pub mod system;
+mod util;
+
+pub use exec::{ExecuteBash, ExecuteBinary, ExecuteDocument, MAX_DOCUMENT_DEPTH, REBOOT_EXIT_CODE};
+pub use files::{
+    AppendFile, CopyFile, CreateFile, CreateSymlink, DeleteFile, ListFiles, MoveFile, ReadFile,
+    SetFileEncoding,
+};
+pub use folders::{CopyFolder, CreateFolder, DeleteFolder, MoveFolder};
+pub use net::WebDownload;
+pub use owners::{SetFileOwner, SetFilePermissions, SetFolderOwner, SetFolderPermissions};
+pub use s3::{S3Download, S3Upload};
+pub use system::{Assert, Reboot, UpdateOS};
+
 use crate::diag::Diagnostic;
 use crate::node::Node;
 
@@ -130,6 +152,32 @@ pub fn lookup(name: &str) -> Option<&'static dyn ActionModule> {
 
 /// Every module kiln implements, for suggestions and documentation.
 pub fn registry() -> &'static [&'static dyn ActionModule] {
-    // Filled in as modules are added.
-    &[]
+    &[
+        &ExecuteBash,
+        &ExecuteBinary,
+        &ExecuteDocument,
+        &CreateFile,
+        &AppendFile,
+        &CopyFile,
+        &MoveFile,
+        &DeleteFile,
+        &CreateSymlink,
+        &ReadFile,
+        &SetFileEncoding,
+        &ListFiles,
+        &CreateFolder,
+        &CopyFolder,
+        &MoveFolder,
+        &DeleteFolder,
+        &SetFileOwner,
+        &SetFolderOwner,
+        &SetFilePermissions,
+        &SetFolderPermissions,
+        &WebDownload,
+        &S3Download,
+        &S3Upload,
+        &UpdateOS,
+        &Reboot,
+        &Assert,
+    ]
 }

@@ -24,19 +24,20 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// The bookworm tree, bootstrapped once with mmdebstrap and kept under the cache directory,
-/// keyed by the package list. `None` (with the reason printed) when mmdebstrap is missing.
-pub fn bookworm_tree() -> Option<PathBuf> {
+/// keyed by the package list.
+pub fn bookworm_tree() -> PathBuf {
     use sha2::{Digest, Sha256};
     let key = hex::encode(&Sha256::digest(format!("bookworm minbase {INCLUDE}"))[..8]);
     let dir = cache_dir().join("image-roots");
     let tree = dir.join(format!("bookworm-minbase-{key}"));
     if tree.join("etc/os-release").exists() {
-        return Some(tree);
+        return tree;
     }
-    if !have("mmdebstrap") {
-        eprintln!("skipping: mmdebstrap is not installed and {} does not exist", tree.display());
-        return None;
-    }
+    assert!(
+        have("mmdebstrap"),
+        "mmdebstrap is not installed and {} does not exist: run scripts/install-deps.sh",
+        tree.display()
+    );
     std::fs::create_dir_all(&dir).unwrap();
     // flock serialises concurrent test processes so that only one bootstraps; the others
     // find the finished tree.
@@ -51,5 +52,5 @@ pub fn bookworm_tree() -> Option<PathBuf> {
     let status =
         Command::new("flock").arg(dir.join(".bootstrap.lock")).args(["sh", "-c", &script]).status().unwrap();
     assert!(status.success(), "mmdebstrap of the boot test tree failed");
-    Some(tree)
+    tree
 }

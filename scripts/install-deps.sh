@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what kiln needs on a Debian 12 machine: the Debian packages its builds and tests
+# call, and (with --test) the tools its test run uses. Safe to run again: it installs only
+# what is missing. Needs root (apt-get).
+set -euo pipefail
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Debian packages kiln calls at run time, each for:
+#   mmdebstrap arch-test   bootstrapping Debian parent images
+#   e2fsprogs dosfstools mtools fdisk   file systems and the ESP, built from directories
+#   qemu-utils             qemu-img: disk formats (qcow2, vmdk, vhdx, vhd)
+#   qemu-system-x86 ovmf   booting images under UEFI (test stage, boot tests)
+#   systemd-boot-efi       the UEFI boot loader when the image does not bring its own
+packages=(mmdebstrap arch-test e2fsprogs dosfstools mtools fdisk qemu-utils qemu-system-x86 ovmf systemd-boot-efi)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  extra=()
+  # qemu-utils from bookworm-backports (which some images ship) conflicts with bookworm's
+  # qemu-system-x86; installing both from bookworm is the combination that works.
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+    missing=("${missing[@]/qemu-utils/}")
+    extra=(--allow-downgrades qemu-utils/bookworm)
+  fi
+  apt-get install -y -qq --no-install-recommends "${extra[@]}" ${missing[@]} >/dev/null
+else
+  say "Debian packages: all present"
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest (test runner) with cargo"
+    cargo install --locked cargo-nextest
+  fi
+  # Python tools the tests drive: a real S3-compatible server (moto) for the S3 actions, and
+  # the official CycloneDX and SPDX validators for the SBOMs.
+  pip_need=()
+  python3 -c 'import moto.server' >/dev/null 2>&1 || pip_need+=('moto[server]')
+  python3 -c 'import cyclonedx.validation.json' >/dev/null 2>&1 || pip_need+=('cyclonedx-python-lib[json-validation]')
+  python3 -c 'import spdx_tools' >/dev/null 2>&1 || pip_need+=('spdx-tools')
+  if ((${#pip_need[@]})); then
+    say "installing Python test tools with pip: ${pip_need[*]}"
+    pip3 install --quiet --break-system-packages "${pip_need[@]}" 2>/dev/null \
+      || pip3 install --quiet "${pip_need[@]}"
+  fi
+fi
