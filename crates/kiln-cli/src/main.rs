@@ -1,1 +1,55 @@
-fn main() {}
+//! The `kiln` command: parses the command line, sets up logging, and hands each command to a
+//! short function over the library crates. Errors get their context here (anyhow), and every
+//! exit code is documented in `kiln --help`.
+
+mod cli;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+/// The work failed (invalid document, failed step).
+pub const EXIT_FAILED: u8 = 1;
+/// kiln could not do the work (environment, permissions, internal error).
+pub const EXIT_ERROR: u8 = 3;
+
+fn main() -> ExitCode {
+    // The sandbox re-executes this binary as its namespace helper; that path never returns.
+    kiln_sandbox::init_main_if_requested();
+
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose, cli.global.log_format);
+    let result = match cli.command {
+        Command::Component(cmd) => commands::component::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -33,9 +33,6 @@ use crate::report::{
     Timing,
 };
 
-/// How ExecuteDocument may nest before the engine refuses (a document that runs itself).
-const MAX_DEPTH: u32 = 8;
-
 /// What to run and how.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -586,13 +583,20 @@ impl DocumentRunner for Engine<'_> {
         parameters: &[(String, String)],
         ctx: &ActionContext<'_>,
     ) -> Result<(), String> {
-        if ctx.depth + 1 > MAX_DEPTH {
+        // The ExecuteDocument module enforces AWSTOE's nesting limit before calling this.
+        if path.starts_with("arn:") {
             return Err(format!(
-                "ExecuteDocument nests deeper than {MAX_DEPTH} documents; does a document run itself?"
+                "document {path}: component ARNs are not resolved here yet (they need kiln's catalogue); \
+                 give a path inside the target or an s3:// URI"
             ));
         }
-        let full = if path.starts_with('/') { path.to_string() } else { join(ctx.working_dir, path) };
-        let bytes = ctx.host.read_file(&full).map_err(|e| format!("cannot read document {full}: {e}"))?;
+        let (full, bytes) = if path.starts_with("s3://") || path.starts_with("S3://") {
+            (path.to_string(), actions::s3::get_object(ctx, path, None)?)
+        } else {
+            let full = if path.starts_with('/') { path.to_string() } else { join(ctx.working_dir, path) };
+            let bytes = ctx.host.read_file(&full).map_err(|e| format!("cannot read document {full}: {e}"))?;
+            (full, bytes)
+        };
         let text = String::from_utf8(bytes).map_err(|_| format!("document {full} is not UTF-8 text"))?;
         let doc = crate::document::parse_document(&full, &text).map_err(|diags| {
             let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();

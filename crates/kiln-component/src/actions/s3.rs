@@ -103,6 +103,27 @@ fn store(ctx: &ActionContext<'_>, bucket: &str, expected_owner: Option<&str>) ->
     b.with_client_options(options).build().map_err(|e| e.to_string())
 }
 
+/// Fetch one object, for ExecuteDocument's `s3://` document paths.
+pub(crate) fn get_object(
+    ctx: &ActionContext<'_>,
+    uri: &str,
+    expected_owner: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let (bucket, key) = parse_s3_uri(uri).ok_or_else(|| format!("`{uri}` is not an s3://bucket/key URI"))?;
+    if key.is_empty() {
+        return Err(format!("`{uri}` names a bucket but no object"));
+    }
+    let s3 = store(ctx, bucket, expected_owner)?;
+    let rt = runtime("ExecuteDocument").map_err(|f| f.message)?;
+    rt.block_on(async {
+        let got = s3
+            .get(&object_store::path::Path::from(key))
+            .await
+            .map_err(|e| format!("cannot download {uri}: {e}"))?;
+        got.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("cannot download {uri}: {e}"))
+    })
+}
+
 fn runtime(who: &str) -> Result<tokio::runtime::Runtime, ActionFailure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
