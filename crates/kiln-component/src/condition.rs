@@ -14,28 +14,34 @@
 //! accepted too. Logical operators: `and`/`or` take a list of expressions, `not` takes one
 //! expression (a map). Logical operators nest at most [`MAX_DEPTH`] levels, as documented.
 //!
-//! Comparison operators (AWSTOE's comparison-operator reference):
-//! - one operand, no `value`: `stringIsEmpty`, `stringIsWhitespace`, `fileExists`,
+//! Comparison operators (AWSTOE's comparison-operator reference), the same for `if` and for
+//! the Assert action module:
+//! - one operand, no second key: `stringIsEmpty`, `stringIsWhitespace`, `fileExists`,
 //!   `folderExists`, `binaryExists`;
 //! - operand and `value`: `stringEquals`, `stringLessThan`, `stringLessThanEquals`,
 //!   `stringGreaterThan`, `stringGreaterThanEquals`, `patternMatches` (operand is the regular
 //!   expression, `value` the text), `numberEquals`, `numberLessThan`, `numberLessThanEquals`,
-//!   `numberGreaterThan`, `numberGreaterThanEquals`, `fileMD5Equals`, `fileSHA1Equals`,
-//!   `fileSHA256Equals`, `fileSHA512Equals` (operand is the file path, `value` the hex digest),
-//!   and `booleanEquals`.
+//!   `numberGreaterThan`, `numberGreaterThanEquals`, and `booleanEquals`;
+//! - operand and `path`: `fileMD5Equals`, `fileSHA1Equals`, `fileSHA256Equals`,
+//!   `fileSHA512Equals` (operand is the hex digest, `path` the file).
 //!
-//! Rules decided where the documentation is silent or contradicts itself:
-//! - string comparisons are exact and case-sensitive (ordinal by Unicode scalar value): the
-//!   documented examples (`'A'` is less than `'a'`) only hold for a case-sensitive order;
-//! - number comparisons parse both sides as decimal numbers after trimming whitespace; a side
+//! Semantics, from the documented examples:
+//! - ordering operators test `value OP operand`: `numberLessThan: 2` with `value: 1` is true,
+//!   `stringLessThan: 'b'` with `value: 'a'` is true;
+//! - string comparisons are not case sensitive and do not trim, as the documentation states.
+//!   One documented example (`stringLessThan: 'A'`, `value: 'a'` is true) contradicts that
+//!   statement and its neighbours (`stringGreaterThan: 'a'`, `value: 'A'` is false "since 'A'
+//!   is equal to 'a'"); kiln follows the statement, so that example is false here;
+//! - a number is an integer, a float, or text matching `^[-+]?([0-9]+[.])?[0-9]+$`; a side
 //!   that is not a number makes the comparison `false`, as documented ("a10");
 //! - `booleanEquals` is not in AWSTOE's operator list as far as its documentation shows; kiln
 //!   accepts it (both sides `true`/`false`, any case; anything else compares `false`);
-//! - `patternMatches` uses RE2-like syntax (Rust `regex`, close to Go's) and matches anywhere in
-//!   the value unless anchored; an invalid pattern is an error, not `false`;
-//! - file checks run on the target through [`Host`]: `fileExists` is true for a regular file,
-//!   `folderExists` for a directory, each also through one symlink; `binaryExists` looks for an
-//!   executable regular file on the target's standard `PATH` (or at the path, if it has a `/`);
+//! - `patternMatches` uses RE2 syntax (Rust `regex` follows it, as Go's `regexp` does) and
+//!   matches anywhere in the value unless anchored; an invalid pattern is an error, not `false`;
+//! - file checks run on the target through [`Host`]; relative paths resolve against the
+//!   working directory. `fileExists` is true for a regular file, `folderExists` for a
+//!   directory, each also through one symlink; `binaryExists` looks for an executable regular
+//!   file on the target's standard `PATH` (or at the path, if it has a `/`), like `type NAME`;
 //! - a hash that cannot be read (missing file) compares `false`; digests compare case-insensitively.
 
 use std::fmt;
@@ -133,16 +139,33 @@ impl CompareOp {
         CompareOp::ALL.iter().copied().find(|op| op.as_str() == name)
     }
 
-    /// Whether the operator compares its operand with a `value`.
-    pub fn takes_value(self) -> bool {
-        !matches!(
+    /// Whether the operator compares numbers.
+    pub fn is_numeric(self) -> bool {
+        matches!(
             self,
-            CompareOp::StringIsEmpty
-                | CompareOp::StringIsWhitespace
-                | CompareOp::FileExists
-                | CompareOp::FolderExists
-                | CompareOp::BinaryExists
+            CompareOp::NumberEquals
+                | CompareOp::NumberLessThan
+                | CompareOp::NumberLessThanEquals
+                | CompareOp::NumberGreaterThan
+                | CompareOp::NumberGreaterThanEquals
         )
+    }
+
+    /// The key of the operator's second operand: `value` for comparisons, `path` for the
+    /// file-hash operators, none for the one-operand tests.
+    pub fn second_key(self) -> Option<&'static str> {
+        match self {
+            CompareOp::StringIsEmpty
+            | CompareOp::StringIsWhitespace
+            | CompareOp::FileExists
+            | CompareOp::FolderExists
+            | CompareOp::BinaryExists => None,
+            CompareOp::FileMd5Equals
+            | CompareOp::FileSha1Equals
+            | CompareOp::FileSha256Equals
+            | CompareOp::FileSha512Equals => Some("path"),
+            _ => Some("value"),
+        }
     }
 }
 
@@ -265,8 +288,9 @@ impl Condition {
         &self,
         render: &dyn Fn(&str) -> Result<String, String>,
         host: &dyn Host,
+        working_dir: &str,
     ) -> Result<bool, String> {
-        self.expr.evaluate(render, host)
+        self.expr.evaluate(render, host, working_dir)
     }
 
     /// Evaluate and decide what to do with the step (`then` / `else`, defaulting to
@@ -275,8 +299,9 @@ impl Condition {
         &self,
         render: &dyn Fn(&str) -> Result<String, String>,
         host: &dyn Host,
+        working_dir: &str,
     ) -> Result<StepAction, String> {
-        Ok(if self.evaluate(render, host)? {
+        Ok(if self.evaluate(render, host, working_dir)? {
             self.then_action.unwrap_or(StepAction::Execute)
         } else {
             self.else_action.unwrap_or(StepAction::Skip)
@@ -316,12 +341,24 @@ fn parse_expr_at(file: &str, node: &Node, depth: usize, diags: &mut Vec<Diagnost
         return None;
     };
     let mut operator: Option<(&Node, &Node)> = None;
-    let mut value: Option<&Node> = None;
+    // The second operand, under `value` (comparisons) or `path` (file hashes).
+    let mut second: Option<(&str, &Node)> = None;
     let mut ok = true;
     for (key, val) in entries {
         let name = key.as_str().unwrap_or_default();
-        if name == "value" {
-            value = Some(val);
+        if name == "value" || name == "path" {
+            if let Some((first, _)) = second {
+                diags.push(Diagnostic::new(
+                    file,
+                    key.span,
+                    format!(
+                        "a conditional expression holds one second operand, but `{name}` follows `{first}`"
+                    ),
+                ));
+                ok = false;
+            } else {
+                second = Some((name, val));
+            }
         } else if CompareOp::from_name(name).is_some() || LOGICAL.contains(&name) {
             if let Some((first, _)) = operator {
                 diags.push(
@@ -340,8 +377,11 @@ fn parse_expr_at(file: &str, node: &Node, depth: usize, diags: &mut Vec<Diagnost
                 operator = Some((key, val));
             }
         } else {
-            let candidates =
-                CompareOp::ALL.iter().map(|op| op.as_str()).chain(LOGICAL.iter().copied()).chain(["value"]);
+            let candidates = CompareOp::ALL
+                .iter()
+                .map(|op| op.as_str())
+                .chain(LOGICAL.iter().copied())
+                .chain(["value", "path"]);
             let mut d = Diagnostic::new(file, key.span, format!("unknown operator `{name}`"));
             if let Some(s) = suggest(name, candidates) {
                 d = d.with_hint(format!("did you mean `{s}`?"));
@@ -371,8 +411,8 @@ fn parse_expr_at(file: &str, node: &Node, depth: usize, diags: &mut Vec<Diagnost
                 ));
                 return None;
             }
-            if let Some(v) = value {
-                diags.push(Diagnostic::new(file, v.span, format!("`{name}` takes no `value`")));
+            if let Some((key, v)) = second {
+                diags.push(Diagnostic::new(file, v.span, format!("`{name}` takes no `{key}`")));
                 ok = false;
             }
             if name == "not" {
@@ -399,26 +439,83 @@ fn parse_expr_at(file: &str, node: &Node, depth: usize, diags: &mut Vec<Diagnost
         _ => {
             let op = CompareOp::from_name(name)?;
             let operand = operand_text(file, name, operand, diags)?;
-            let value = match (op.takes_value(), value) {
-                (true, Some(v)) => Some(operand_text(file, "value", v, diags)?),
-                (true, None) => {
-                    diags.push(Diagnostic::new(
-                        file,
-                        key.span,
-                        format!("`{name}` needs a `value` to compare with"),
-                    ));
+            let value = match (op.second_key(), second) {
+                (Some(want), Some((got, v))) if want == got => Some(operand_text(file, want, v, diags)?),
+                (Some(want), Some((got, v))) => {
+                    diags.push(
+                        Diagnostic::new(file, v.span, format!("`{name}` takes `{want}`, not `{got}`"))
+                            .with_hint(format!("rename `{got}` to `{want}`")),
+                    );
                     return None;
                 }
-                (false, Some(v)) => {
-                    diags.push(Diagnostic::new(file, v.span, format!("`{name}` takes no `value`")));
+                (Some(want), None) => {
+                    let message = if want == "path" {
+                        format!("`{name}` needs a `path`: the file whose digest is compared")
+                    } else {
+                        format!("`{name}` needs a `value` to compare with")
+                    };
+                    diags.push(Diagnostic::new(file, key.span, message));
                     return None;
                 }
-                (false, None) => None,
+                (None, Some((got, v))) => {
+                    diags.push(Diagnostic::new(file, v.span, format!("`{name}` takes no `{got}`")));
+                    return None;
+                }
+                (None, None) => None,
             };
+            // Literal operands are checked now; ones with `{{ }}` only when they are rendered.
+            let literal = !crate::expr::has_placeholder(&operand);
+            if literal && op.is_numeric() && number(&operand).is_none() {
+                diags.push(
+                    Diagnostic::new(file, key.span, format!("`{name}` needs a number, found `{operand}`"))
+                        .with_hint("write an integer or a decimal such as 1 or 2.5"),
+                );
+                ok = false;
+            }
+            if literal
+                && op == CompareOp::PatternMatches
+                && let Err(e) = regex::Regex::new(&operand)
+            {
+                diags.push(Diagnostic::new(
+                    file,
+                    key.span,
+                    format!(
+                        "`patternMatches`: `{operand}` is not a valid regular expression (RE2 syntax): {e}"
+                    ),
+                ));
+                ok = false;
+            }
             Expr::Compare { op, operand, value, span: key.span }
         }
     };
     ok.then_some(expr)
+}
+
+/// A readable form for failure messages: `stringEquals 's3' with value 'local'`.
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::And(items) | Expr::Or(items) => {
+                let name = if matches!(self, Expr::And(_)) { "and" } else { "or" };
+                write!(f, "{name}(")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str(")")
+            }
+            Expr::Not(inner) => write!(f, "not({inner})"),
+            Expr::Compare { op, operand, value, .. } => {
+                write!(f, "{op} '{operand}'")?;
+                match (op.second_key(), value) {
+                    (Some(key), Some(v)) => write!(f, " with {key} '{v}'"),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 impl Expr {
@@ -443,16 +540,18 @@ impl Expr {
         }
     }
 
-    /// Evaluate on `host`, rendering operands with `render` first.
+    /// Evaluate on `host`, rendering operands with `render` first; relative paths resolve
+    /// against `working_dir`.
     pub fn evaluate(
         &self,
         render: &dyn Fn(&str) -> Result<String, String>,
         host: &dyn Host,
+        working_dir: &str,
     ) -> Result<bool, String> {
         match self {
             Expr::And(items) => {
                 for item in items {
-                    if !item.evaluate(render, host)? {
+                    if !item.evaluate(render, host, working_dir)? {
                         return Ok(false);
                     }
                 }
@@ -460,27 +559,31 @@ impl Expr {
             }
             Expr::Or(items) => {
                 for item in items {
-                    if item.evaluate(render, host)? {
+                    if item.evaluate(render, host, working_dir)? {
                         return Ok(true);
                     }
                 }
                 Ok(false)
             }
-            Expr::Not(inner) => Ok(!inner.evaluate(render, host)?),
+            Expr::Not(inner) => Ok(!inner.evaluate(render, host, working_dir)?),
             Expr::Compare { op, operand, value, .. } => {
                 let a = render(operand)?;
                 let b = match value {
                     Some(v) => render(v)?,
                     None => String::new(),
                 };
-                compare(*op, &a, &b, host)
+                compare(*op, &a, &b, host, working_dir)
             }
         }
     }
 }
 
+/// A number as AWSTOE reads one: an integer or float, written as YAML or as text matching
+/// `^[-+]?([0-9]+[.])?[0-9]+$` (so no exponents, `inf` or `nan`).
 fn number(text: &str) -> Option<f64> {
-    text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+    static NUMBER: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^[-+]?([0-9]+[.])?[0-9]+$").expect("valid pattern"));
+    NUMBER.is_match(text).then(|| text.parse::<f64>().ok()).flatten()
 }
 
 fn boolean(text: &str) -> Option<bool> {
@@ -491,36 +594,54 @@ fn boolean(text: &str) -> Option<bool> {
     }
 }
 
-/// Apply one comparison to rendered operands.
-pub fn compare(op: CompareOp, a: &str, b: &str, host: &dyn Host) -> Result<bool, String> {
-    let numbers =
-        |f: fn(f64, f64) -> bool| Ok(matches!((number(a), number(b)), (Some(x), Some(y)) if f(x, y)));
+/// Apply one comparison to rendered operands: `operand` is the text under the operator's own
+/// key, `second` the text under `value` (or `path`). Ordering operators test
+/// `second OP operand`, as the documented examples do.
+pub fn compare(
+    op: CompareOp,
+    operand: &str,
+    second: &str,
+    host: &dyn Host,
+    working_dir: &str,
+) -> Result<bool, String> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    // Not case sensitive, not trimmed.
+    let strings = || second.to_lowercase().cmp(&operand.to_lowercase());
+    let numbers = |accept: &[std::cmp::Ordering]| {
+        Ok(match (number(second), number(operand)) {
+            (Some(v), Some(o)) => v.partial_cmp(&o).is_some_and(|ord| accept.contains(&ord)),
+            _ => false,
+        })
+    };
+    let path = |p: &str| if p.starts_with('/') { p.to_string() } else { crate::engine::join(working_dir, p) };
     match op {
-        CompareOp::StringIsEmpty => Ok(a.is_empty()),
-        CompareOp::StringIsWhitespace => Ok(!a.is_empty() && a.chars().all(char::is_whitespace)),
-        CompareOp::StringEquals => Ok(a == b),
-        CompareOp::StringLessThan => Ok(a < b),
-        CompareOp::StringLessThanEquals => Ok(a <= b),
-        CompareOp::StringGreaterThan => Ok(a > b),
-        CompareOp::StringGreaterThanEquals => Ok(a >= b),
+        CompareOp::StringIsEmpty => Ok(operand.is_empty()),
+        CompareOp::StringIsWhitespace => Ok(!operand.is_empty() && operand.chars().all(char::is_whitespace)),
+        CompareOp::StringEquals => Ok(strings() == Equal),
+        CompareOp::StringLessThan => Ok(strings() == Less),
+        CompareOp::StringLessThanEquals => Ok(strings() != Greater),
+        CompareOp::StringGreaterThan => Ok(strings() == Greater),
+        CompareOp::StringGreaterThanEquals => Ok(strings() != Less),
         CompareOp::PatternMatches => {
-            let re =
-                regex::Regex::new(a).map_err(|e| format!("`patternMatches`: invalid pattern `{a}`: {e}"))?;
-            Ok(re.is_match(b))
+            let re = regex::Regex::new(operand)
+                .map_err(|e| format!("`patternMatches`: invalid pattern `{operand}`: {e}"))?;
+            Ok(re.is_match(second))
         }
-        CompareOp::NumberEquals => numbers(|x, y| x == y),
-        CompareOp::NumberLessThan => numbers(|x, y| x < y),
-        CompareOp::NumberLessThanEquals => numbers(|x, y| x <= y),
-        CompareOp::NumberGreaterThan => numbers(|x, y| x > y),
-        CompareOp::NumberGreaterThanEquals => numbers(|x, y| x >= y),
-        CompareOp::BooleanEquals => Ok(matches!((boolean(a), boolean(b)), (Some(x), Some(y)) if x == y)),
-        CompareOp::FileExists => Ok(kind_through_link(host, a)? == Some(FileKind::File)),
-        CompareOp::FolderExists => Ok(kind_through_link(host, a)? == Some(FileKind::Dir)),
-        CompareOp::BinaryExists => binary_exists(host, a),
-        CompareOp::FileMd5Equals => digest_equals::<md5::Md5>(host, a, b),
-        CompareOp::FileSha1Equals => digest_equals::<sha1::Sha1>(host, a, b),
-        CompareOp::FileSha256Equals => digest_equals::<sha2::Sha256>(host, a, b),
-        CompareOp::FileSha512Equals => digest_equals::<sha2::Sha512>(host, a, b),
+        CompareOp::NumberEquals => numbers(&[Equal]),
+        CompareOp::NumberLessThan => numbers(&[Less]),
+        CompareOp::NumberLessThanEquals => numbers(&[Less, Equal]),
+        CompareOp::NumberGreaterThan => numbers(&[Greater]),
+        CompareOp::NumberGreaterThanEquals => numbers(&[Greater, Equal]),
+        CompareOp::BooleanEquals => {
+            Ok(matches!((boolean(operand), boolean(second)), (Some(x), Some(y)) if x == y))
+        }
+        CompareOp::FileExists => Ok(kind_through_link(host, &path(operand))? == Some(FileKind::File)),
+        CompareOp::FolderExists => Ok(kind_through_link(host, &path(operand))? == Some(FileKind::Dir)),
+        CompareOp::BinaryExists => binary_exists(host, operand),
+        CompareOp::FileMd5Equals => digest_equals::<md5::Md5>(host, &path(second), operand),
+        CompareOp::FileSha1Equals => digest_equals::<sha1::Sha1>(host, &path(second), operand),
+        CompareOp::FileSha256Equals => digest_equals::<sha2::Sha256>(host, &path(second), operand),
+        CompareOp::FileSha512Equals => digest_equals::<sha2::Sha512>(host, &path(second), operand),
     }
 }
 
@@ -636,6 +757,25 @@ mod tests {
             ["c.yml:2:8: `stringIsEmpty` takes no `value`"]
         );
         assert_eq!(
+            parse("fileMD5Equals: abc\nvalue: /etc/hello\n").unwrap_err(),
+            ["c.yml:2:8: `fileMD5Equals` takes `path`, not `value` (rename `value` to `path`)"]
+        );
+        assert_eq!(
+            parse("numberLessThan: ten\nvalue: 1\n").unwrap_err(),
+            [
+                "c.yml:1:1: `numberLessThan` needs a number, found `ten` (write an integer or a decimal such as 1 or 2.5)"
+            ]
+        );
+        assert!(parse("numberLessThan: '{{ Limit }}'\nvalue: 1\n").is_ok(), "checked once rendered");
+        assert!(
+            parse("patternMatches: '([a-z'\nvalue: a\n").unwrap_err()[0]
+                .contains("not a valid regular expression")
+        );
+        assert_eq!(
+            parse("fileMD5Equals: abc\n").unwrap_err(),
+            ["c.yml:1:1: `fileMD5Equals` needs a `path`: the file whose digest is compared"]
+        );
+        assert_eq!(
             parse("stringEqual: a\nvalue: b\n").unwrap_err(),
             ["c.yml:1:1: unknown operator `stringEqual` (did you mean `stringEquals`?)"]
         );
@@ -744,36 +884,86 @@ mod tests {
     fn eval(text: &str) -> Result<bool, String> {
         let c = parse(text).map_err(|e| e.join("\n"))?;
         let render = |s: &str| -> Result<String, String> { Ok(s.replace("{{ X }}", "42")) };
-        c.evaluate(&render, &NoHost)
+        c.evaluate(&render, &NoHost, "/etc")
     }
 
+    /// Every example of AWSTOE's comparison-operator page, with its documented result.
     #[test]
-    fn string_comparisons_are_exact_and_case_sensitive() {
-        assert_eq!(eval("stringEquals: 'Testing'\nvalue: 'Testing'\n"), Ok(true));
-        assert_eq!(eval("stringEquals: 'Testing'\nvalue: 'TESTING'\n"), Ok(false));
-        assert_eq!(eval("stringEquals: 'a'\nvalue: ' a'\n"), Ok(false));
-        assert_eq!(eval("stringLessThan: 'A'\nvalue: 'a'\n"), Ok(true));
-        assert_eq!(eval("stringGreaterThanEquals: 'b'\nvalue: 'b'\n"), Ok(true));
+    fn string_comparisons_follow_the_documented_examples() {
         assert_eq!(eval("stringIsEmpty: ''\n"), Ok(true));
         assert_eq!(eval("stringIsEmpty: ' '\n"), Ok(false));
-        assert_eq!(eval("stringIsWhitespace: '  '\n"), Ok(true));
+        assert_eq!(eval("stringIsEmpty: 'Hello.'\n"), Ok(false));
+        assert_eq!(eval("stringIsWhitespace: '   '\n"), Ok(true));
         assert_eq!(eval("stringIsWhitespace: ''\n"), Ok(false));
+        assert_eq!(eval("stringIsWhitespace: ' Hello?'\n"), Ok(false));
+        let t = "'Testing, testing...'";
+        assert_eq!(eval(&format!("stringEquals: {t}\nvalue: {t}\n")), Ok(true));
+        assert_eq!(eval(&format!("stringEquals: {t}\nvalue: 'Hello again.'\n")), Ok(false));
+        assert_eq!(eval(&format!("stringEquals: {t}\nvalue: 'TESTING, TESTING....'\n")), Ok(false));
+        assert_eq!(eval(&format!("stringEquals: {t}\nvalue: '   Testing, testing...'\n")), Ok(false));
+        assert_eq!(eval(&format!("stringEquals: {t}\nvalue: 'Testing, testing...   '\n")), Ok(false));
+        // "String comparisons are not case sensitive".
+        assert_eq!(eval("stringEquals: 'Testing'\nvalue: 'TESTING'\n"), Ok(true));
+        // The documented example `stringLessThan: 'A'` / `value: 'a'` -> true contradicts that
+        // statement and the stringGreaterThan example below; kiln follows the statement.
+        assert_eq!(eval("stringLessThan: 'A'\nvalue: 'a'\n"), Ok(false));
+        assert_eq!(eval("stringLessThan: 'b'\nvalue: 'a'\n"), Ok(true));
+        assert_eq!(eval("stringLessThan: 'a'\nvalue: '0'\n"), Ok(true));
+        assert_eq!(eval("stringLessThan: '0'\nvalue: 'a'\n"), Ok(false));
+        assert_eq!(eval("stringLessThanEquals: 'a'\nvalue: 'a'\n"), Ok(true));
+        assert_eq!(eval("stringLessThanEquals: 'A'\nvalue: 'a'\n"), Ok(true));
+        assert_eq!(eval("stringLessThanEquals: 'b'\nvalue: 'a'\n"), Ok(true));
+        assert_eq!(eval("stringLessThanEquals: 'a'\nvalue: '0'\n"), Ok(true));
+        assert_eq!(eval("stringLessThanEquals: '0'\nvalue: 'a'\n"), Ok(false));
+        assert_eq!(eval("stringGreaterThan: 'a'\nvalue: 'A'\n"), Ok(false));
+        assert_eq!(eval("stringGreaterThan: 'a'\nvalue: 'b'\n"), Ok(true));
+        assert_eq!(eval("stringGreaterThan: '0'\nvalue: 'a'\n"), Ok(true));
+        assert_eq!(eval("stringGreaterThan: 'a'\nvalue: '0'\n"), Ok(false));
+        assert_eq!(eval("stringGreaterThanEquals: 'A'\nvalue: 'a'\n"), Ok(true));
+        assert_eq!(eval("stringGreaterThanEquals: 'a'\nvalue: 'b'\n"), Ok(true));
+        assert_eq!(eval("stringGreaterThanEquals: '0'\nvalue: 'a'\n"), Ok(true));
+        assert_eq!(eval("stringGreaterThanEquals: 'a'\nvalue: '0'\n"), Ok(false));
     }
 
     #[test]
-    fn number_comparisons_convert_or_are_false() {
-        assert_eq!(eval("numberEquals: 42\nvalue: '{{ X }}'\n"), Ok(true), "operands are rendered");
-        assert_eq!(eval("numberEquals: 1\nvalue: '1.0'\n"), Ok(true));
+    fn number_comparisons_follow_the_documented_examples() {
+        for (operand, value) in [("1", "1"), ("'1'", "1"), ("1", "'1'"), ("5.0", "5.0"), ("-1", "-1")] {
+            assert_eq!(
+                eval(&format!("numberEquals: {operand}\nvalue: {value}\n")),
+                Ok(true),
+                "{operand} {value}"
+            );
+        }
+        assert_eq!(eval("numberLessThan: 2\nvalue: 1\n"), Ok(true));
+        assert_eq!(eval("numberLessThan: 2\nvalue: 1.9\n"), Ok(true));
+        assert_eq!(eval("numberLessThan: 2\nvalue: '2'\n"), Ok(false));
+        assert_eq!(eval("numberLessThanEquals: 2\nvalue: 1\n"), Ok(true));
+        assert_eq!(eval("numberLessThanEquals: 2\nvalue: 1.9\n"), Ok(true));
+        assert_eq!(eval("numberLessThanEquals: 2\nvalue: '2'\n"), Ok(true));
+        assert_eq!(eval("numberLessThanEquals: 2\nvalue: 2.1\n"), Ok(false));
+        assert_eq!(eval("numberGreaterThan: 1\nvalue: 2\n"), Ok(true));
+        assert_eq!(eval("numberGreaterThan: 1\nvalue: 1.1\n"), Ok(true));
+        assert_eq!(eval("numberGreaterThan: 1\nvalue: '1'\n"), Ok(false));
+        assert_eq!(eval("numberGreaterThanEquals: 1\nvalue: 2\n"), Ok(true));
+        assert_eq!(eval("numberGreaterThanEquals: 1\nvalue: 1.1\n"), Ok(true));
+        assert_eq!(eval("numberGreaterThanEquals: 1\nvalue: '1'\n"), Ok(true));
+        assert_eq!(eval("numberGreaterThanEquals: 1\nvalue: 0.8\n"), Ok(false));
+        // Not a number: false, as documented ("a10"); exponents are not numbers either.
         assert_eq!(eval("numberLessThan: 10\nvalue: 'a10'\n"), Ok(false));
-        assert_eq!(eval("numberGreaterThan: 3\nvalue: 2.5\n"), Ok(true));
-        assert_eq!(eval("not:\n  numberLessThanEquals: 3\n  value: 2\n"), Ok(true));
+        assert_eq!(eval("numberEquals: 100\nvalue: 1e2\n"), Ok(false));
+        assert_eq!(eval("numberEquals: 42\nvalue: '{{ X }}'\n"), Ok(true), "operands are rendered");
+        assert_eq!(eval("not:\n  numberLessThanEquals: 2\n  value: 3\n"), Ok(true));
     }
 
     #[test]
     fn pattern_boolean_and_logic() {
         assert_eq!(eval("patternMatches: '^s3:\\/\\/.*\\/.*$'\nvalue: 's3://b/k'\n"), Ok(true));
         assert_eq!(eval("patternMatches: '^s3:'\nvalue: 'local:/x'\n"), Ok(false));
-        assert!(eval("patternMatches: '('\nvalue: x\n").unwrap_err().contains("invalid pattern"));
+        // A literal bad pattern is refused when parsed; one made by rendering, when evaluated.
+        assert!(
+            eval("patternMatches: '('\nvalue: x\n").unwrap_err().contains("not a valid regular expression")
+        );
+        assert!(eval("patternMatches: '{{ X }}('\nvalue: x\n").unwrap_err().contains("invalid pattern"));
         assert_eq!(eval("booleanEquals: 'TRUE'\nvalue: true\n"), Ok(true));
         assert_eq!(eval("booleanEquals: yes\nvalue: true\n"), Ok(false));
         assert_eq!(eval("or:\n  - stringIsEmpty: x\n  - stringEquals: a\n    value: a\n"), Ok(true));
@@ -789,24 +979,26 @@ mod tests {
         assert_eq!(eval("folderExists: /nope\n"), Ok(false));
         assert_eq!(eval("binaryExists: apt-get\n"), Ok(true));
         assert_eq!(eval("binaryExists: yum\n"), Ok(false));
+        assert_eq!(eval("fileExists: hello\n"), Ok(true), "relative to the working directory");
         assert_eq!(
             eval(
-                "fileSHA256Equals: /etc/hello\nvalue: '5891B5B522D5DF086D0FF0B110FBD9D21BB4FC7163AF34D08286A2E846F6BE03'\n"
+                "fileSHA256Equals: '5891B5B522D5DF086D0FF0B110FBD9D21BB4FC7163AF34D08286A2E846F6BE03'\npath: /etc/hello\n"
             ),
             Ok(true)
         );
-        assert_eq!(eval("fileMD5Equals: /etc/hello\nvalue: b1946ac92492d2347c6235b4d2611184\n"), Ok(true));
-        assert_eq!(eval("fileSHA1Equals: /missing\nvalue: abc\n"), Ok(false));
+        assert_eq!(eval("fileMD5Equals: b1946ac92492d2347c6235b4d2611184\npath: hello\n"), Ok(true));
+        assert_eq!(eval("fileMD5Equals: 00000000000000000000000000000000\npath: /etc/hello\n"), Ok(false));
+        assert_eq!(eval("fileSHA1Equals: abc\npath: /missing\n"), Ok(false));
     }
 
     #[test]
     fn decide_defaults_to_execute_and_skip() {
         let render = |s: &str| -> Result<String, String> { Ok(s.to_string()) };
         let t = parse("stringIsEmpty: ''\n").unwrap();
-        assert_eq!(t.decide(&render, &NoHost), Ok(StepAction::Execute));
+        assert_eq!(t.decide(&render, &NoHost, "/"), Ok(StepAction::Execute));
         let f = parse("stringIsEmpty: 'x'\n").unwrap();
-        assert_eq!(f.decide(&render, &NoHost), Ok(StepAction::Skip));
+        assert_eq!(f.decide(&render, &NoHost, "/"), Ok(StepAction::Skip));
         let f = parse("stringIsEmpty: 'x'\nelse: Abort\nthen: Skip\n").unwrap();
-        assert_eq!(f.decide(&render, &NoHost), Ok(StepAction::Abort));
+        assert_eq!(f.decide(&render, &NoHost, "/"), Ok(StepAction::Abort));
     }
 }

@@ -392,7 +392,7 @@ impl<'h> Engine<'h> {
     fn run_step(&self, doc: &str, phase: PhaseName, step: &Step, scope: &Scope<'_>, depth: u32) -> StepRun {
         let iteration = scope.iteration.map(|i| IterationInfo { index: i.index, value: i.value.clone() });
         if let Some(condition) = &step.condition {
-            match condition.decide(&|t| scope.render(t), self.host) {
+            match condition.decide(&|t| scope.render(t), self.host, &self.options.working_dir) {
                 Ok(StepAction::Execute) => {}
                 Ok(StepAction::Skip) => {
                     let report = skipped(step, iteration, "its `if` condition decided to skip it");

@@ -692,7 +692,7 @@ fn check_assert_conditions() {
         "Assert",
         Some(&map(vec![("stringEquals", s("a")), ("numberEquals", s("1")), ("value", s("a"))])),
     );
-    assert!(d.iter().any(|d| d.message.contains("only one operator")), "{d:?}");
+    assert!(d.iter().any(|d| d.message.contains("exactly one operator")), "{d:?}");
 }
 
 // =============================================================================================

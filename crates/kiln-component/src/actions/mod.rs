@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use kiln_host::Host;
 
-mod compare;
 mod encoding;
 pub mod exec;
 pub mod files;

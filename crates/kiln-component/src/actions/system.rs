@@ -14,11 +14,11 @@
 //! plain names (letters, digits and `.+-_:@*`), so they can go into the script safely.
 //!
 //! Reboot asks the engine for a reboot after `delaySeconds`, then the *next* step runs.
-//! Assert evaluates its condition (see `compare.rs`) and fails the step when it is false.
+//! Assert evaluates its condition with the same operators and semantics as a step's `if`
+//! (`crate::condition`) and fails the step when it is false.
 
 use kiln_host::FileKind;
 
-use super::compare::{check_condition, describe, evaluate};
 use super::exec::run_process;
 use super::net::no_network;
 use super::util::{Checker, Field, Ty, has_expr, map_item, opt};
@@ -219,30 +219,34 @@ impl ActionModule for Assert {
         &[]
     }
     fn check(&self, file: &str, step_span: Span, inputs: Option<&Node>, diags: &mut Vec<Diagnostic>) {
-        let mut c = Checker { file, module: self.name(), diags };
         match inputs.filter(|n| !n.is_null()) {
-            None => c.err(
+            None => diags.push(Diagnostic::new(
+                file,
                 step_span,
                 "Assert needs `inputs`: one comparison (e.g. `stringEquals: TEXT` with `value: ...`) or a logical operator",
-                None,
+            )),
+            Some(node) if node.as_seq().is_some() => diags.push(
+                Diagnostic::new(file, node.span, "Assert `inputs` must be a map holding one condition, found a list")
+                    .with_hint("remove the dash; combine several comparisons with `and:`"),
             ),
-            Some(node) if node.as_seq().is_some() => c.err(
-                node.span,
-                "Assert `inputs` must be a map holding one condition, found a list",
-                Some("remove the dash; combine several comparisons with `and:`".into()),
-            ),
-            Some(node) => check_condition(&mut c, node),
+            Some(node) => {
+                let _ = crate::condition::parse_expr(file, node, diags);
+            }
         }
     }
     fn run(&self, inputs: Option<&Node>, ctx: &ActionContext<'_>) -> Result<ActionOutcome, ActionFailure> {
         let node = inputs
             .filter(|n| !n.is_null())
             .ok_or_else(|| ActionFailure::msg("Assert: the step has no inputs"))?;
-        match evaluate(node, ctx.host, ctx.working_dir) {
+        let mut diags = Vec::new();
+        let expr = crate::condition::parse_expr("inputs", node, &mut diags).ok_or_else(|| {
+            let problems: Vec<String> = diags.iter().map(|d| d.message.clone()).collect();
+            ActionFailure::msg(format!("Assert: the condition is malformed: {}", problems.join("; ")))
+        })?;
+        // The engine has rendered the inputs already.
+        match expr.evaluate(&|text| Ok(text.to_string()), ctx.host, ctx.working_dir) {
             Ok(true) => Ok(ActionOutcome::default()),
-            Ok(false) => {
-                Err(ActionFailure::msg(format!("Assert: the assertion is false: {}", describe(node))))
-            }
+            Ok(false) => Err(ActionFailure::msg(format!("Assert: the assertion is false: {expr}"))),
             Err(e) => Err(ActionFailure::msg(format!("Assert: {e}"))),
         }
     }
