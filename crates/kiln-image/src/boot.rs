@@ -9,14 +9,13 @@
 //! disk does not depend on what the build host has installed. The host's copy is the
 //! fallback, and the manifest says so.
 
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ImageError, Result};
-use crate::tree::{name_of, open_regular, resolve_in_root};
+use crate::tree::{Scan, name_of, open_regular};
 
 /// Where systemd-boot's x86-64 binary lives, in the image and on Debian hosts.
 pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -48,9 +47,11 @@ pub(crate) struct KernelFiles {
 
 /// Finds the image's kernel: the `/vmlinuz` and `/initrd.img` links Debian maintains (or the
 /// same in /boot), else the newest `vmlinuz-VERSION` in /boot with a matching initramfs.
-pub(crate) fn find_kernel(tree: &Path) -> Result<KernelFiles> {
+/// Paths resolve inside the merged tree; the files are read from the layers holding them.
+pub(crate) fn find_kernel(tree: &Scan) -> Result<KernelFiles> {
+    let top = || tree.source.top().to_owned();
     for (k, i) in [("/vmlinuz", "/initrd.img"), ("/boot/vmlinuz", "/boot/initrd.img")] {
-        if let (Some(kernel), Some(initrd)) = (resolve_in_root(tree, k)?, resolve_in_root(tree, i)?)
+        if let (Some(kernel), Some(initrd)) = (tree.resolve(k)?, tree.resolve(i)?)
             && kernel.is_file()
             && initrd.is_file()
         {
@@ -58,20 +59,19 @@ pub(crate) fn find_kernel(tree: &Path) -> Result<KernelFiles> {
             return Ok(KernelFiles { version, kernel, initrd });
         }
     }
-    let boot = resolve_in_root(tree, "/boot")?.ok_or_else(|| ImageError::NoKernel {
-        tree: tree.to_owned(),
-        reason: "the image has no /boot".into(),
-    })?;
-    let mut versions: Vec<String> = fs::read_dir(&boot)
-        .map_err(|e| ImageError::io("listing", &boot, e))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_owned))
+    let boot = tree
+        .resolve_rel("/boot")?
+        .ok_or_else(|| ImageError::NoKernel { tree: top(), reason: "the image has no /boot".into() })?;
+    let mut versions: Vec<String> = tree
+        .list(&boot)
+        .into_iter()
+        .filter_map(|n| n.to_str().and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_owned))
         .collect();
     versions.sort_by(|a, b| version_cmp(b, a));
     for v in &versions {
-        let kernel = resolve_in_root(tree, &format!("/boot/vmlinuz-{v}"))?;
+        let kernel = tree.resolve(&format!("/boot/vmlinuz-{v}"))?;
         for initrd in [format!("/boot/initrd.img-{v}"), format!("/boot/initramfs-{v}.img")] {
-            if let (Some(kernel), Some(initrd)) = (&kernel, resolve_in_root(tree, &initrd)?)
+            if let (Some(kernel), Some(initrd)) = (&kernel, tree.resolve(&initrd)?)
                 && kernel.is_file()
                 && initrd.is_file()
             {
@@ -80,7 +80,7 @@ pub(crate) fn find_kernel(tree: &Path) -> Result<KernelFiles> {
         }
     }
     Err(ImageError::NoKernel {
-        tree: tree.to_owned(),
+        tree: top(),
         reason: if versions.is_empty() {
             "no /vmlinuz link and no /boot/vmlinuz-* file".into()
         } else {
@@ -132,13 +132,13 @@ pub enum BootLoaderOrigin {
 
 /// Finds the systemd-boot binary per `source`.
 pub(crate) fn find_boot_loader(
-    tree: &Path,
+    tree: &Scan,
     source: &BootLoaderSource,
 ) -> Result<(PathBuf, BootLoaderOrigin)> {
     let mut looked = Vec::new();
     if matches!(source, BootLoaderSource::Auto | BootLoaderSource::Image) {
-        looked.push(tree.join(SYSTEMD_BOOT_EFI.trim_start_matches('/')));
-        if let Some(p) = resolve_in_root(tree, SYSTEMD_BOOT_EFI)?
+        looked.push(tree.host_path(Path::new(SYSTEMD_BOOT_EFI.trim_start_matches('/'))));
+        if let Some(p) = tree.resolve(SYSTEMD_BOOT_EFI)?
             && p.is_file()
         {
             return Ok((p, BootLoaderOrigin::Image));
@@ -161,9 +161,9 @@ pub(crate) fn find_boot_loader(
 }
 
 /// The image's PRETTY_NAME (from os-release inside the tree), for the boot menu.
-pub(crate) fn os_title(tree: &Path) -> String {
+pub(crate) fn os_title(tree: &Scan) -> String {
     for p in ["/etc/os-release", "/usr/lib/os-release"] {
-        let Ok(Some(path)) = resolve_in_root(tree, p) else { continue };
+        let Ok(Some(path)) = tree.resolve(p) else { continue };
         let Ok(f) = open_regular(&path) else { continue };
         let mut text = String::new();
         // Bounded: a hostile tree could make os-release huge.
@@ -196,7 +196,13 @@ pub(crate) fn loader_entry(title: &str, version: &str, kernel: &str, initrd: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::{Source, scan};
+    use std::fs;
     use std::os::unix::fs::symlink;
+
+    fn find_kernel(tree: &Path) -> Result<KernelFiles> {
+        super::find_kernel(&scan(&Source::dir(tree), &[PathBuf::new()])?)
+    }
 
     #[test]
     fn versions_sort_numerically() {

@@ -34,6 +34,18 @@ pub enum ImageError {
     )]
     TreeNotDirectory { path: PathBuf },
 
+    /// A layer stack with no layers.
+    #[error("the image's layer stack is empty\nhint: pass at least the base tree")]
+    NoLayers,
+
+    /// An overlayfs layer uses a feature kiln does not merge (kiln's overlays are mounted
+    /// without redirect_dir and metacopy, so their layers never hold these).
+    #[error(
+        "overlayfs layer entry {path} cannot be merged: {reason}\nhint: build the layers on \
+         overlays mounted with redirect_dir=off and metacopy=off (kiln's defaults)"
+    )]
+    OverlayUnsupported { path: PathBuf, reason: String },
+
     /// A file system operation on the tree, the staging area or an output failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -7,8 +7,9 @@
 //! host's /etc/mke2fs.conf cannot change the features), and sorts directories itself. Two
 //! things it still takes from the host: each inode's ctime (copied from the staging file,
 //! whose ctime is the time of staging and cannot be set) and the root directory's mode
-//! (always 0755, wrong for /tmp). [`fix_inodes`] rewrites both and recomputes the inode
-//! checksums, which `e2fsck -fn` checks in the tests.
+//! (always 0755, wrong for /tmp). [`fix_inodes`] rewrites both, sets every atime to the
+//! mtime (a caller reading the staged tree before assembly moves atimes), and recomputes the
+//! inode checksums, which `e2fsck -fn` checks in the tests.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -154,8 +155,8 @@ fn le32(b: &[u8], o: usize) -> u64 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as u64
 }
 
-/// Clamps every in-use inode's times to `epoch`, sets the root directory's mode and times
-/// from `root`, and recomputes inode checksums.
+/// Clamps every in-use inode's times to `epoch`, sets atimes to mtimes, sets the root
+/// directory's mode and times from `root`, and recomputes inode checksums.
 pub(crate) fn fix_inodes(disk: &Path, offset: u64, epoch: i64, root: DirMeta) -> Result<()> {
     let f = OpenOptions::new()
         .read(true)
@@ -242,6 +243,12 @@ pub(crate) fn fix_inodes(disk: &Path, offset: u64, epoch: i64, root: DirMeta) ->
                         inode[x..x + 4].copy_from_slice(&extra_epoch.to_le_bytes());
                     }
                 }
+            }
+            // atime := mtime (already clamped): reading the staged tree, as a caller
+            // inspecting it does, moves atimes, and must not change the disk.
+            inode.copy_within(0x10..0x14, 0x08);
+            if 128 + extra >= 0x90 {
+                inode.copy_within(0x88..0x8C, 0x8C);
             }
             if csum {
                 let has_hi = extra >= 4;

@@ -1,18 +1,29 @@
 //! Disk assembly: turning a finished root file system tree into a bootable disk image, in
-//! every output format kiln ships. This crate owns the [`DiskLayout`] (EFI system partition,
-//! root, and separate partitions such as /var/log with their mount options, sized from their
-//! content or fixed), splitting the tree across those partitions without changing it or
-//! following a symlink out of it, making the file systems from directories (ext4 with
-//! `mke2fs -d`, FAT32 with mkfs.fat and mtools) straight into a sparse disk file (nothing is
-//! ever mounted and no loop or partition device is needed), the GPT, /etc/fstab, systemd-boot
-//! with the image's own kernel and initramfs, conversion to qcow2/vmdk/vhdx/vhd with
-//! qemu-img, and digests. Everything that varies between runs is derived from the inputs
-//! (GUIDs, UUIDs, hash seeds, clamped times), so one tree and one `SOURCE_DATE_EPOCH` give a
+//! every output format kiln ships. The tree is a directory or a stack of overlayfs layers
+//! ([`TreeSource`]: the base tree and the upper directories of the build's overlays), merged
+//! here with overlayfs's semantics without mounting anything; whiteouts and overlayfs's
+//! attributes never reach the disk. This crate owns the [`DiskLayout`] (EFI system
+//! partition, root, and separate partitions such as /var/log with their mount options, sized
+//! from their content or fixed), copying the tree once into staging without changing it or
+//! following a symlink out of it, splitting that copy across the partitions (by renaming, no
+//! second copy), making the file systems from directories (ext4 with `mke2fs -d`, FAT32 with
+//! mkfs.fat and mtools) straight into a sparse disk file (nothing is ever mounted and no loop
+//! or partition device is needed), the GPT, /etc/fstab, systemd-boot with the image's own
+//! kernel and initramfs, conversion to qcow2/vmdk/vhdx/vhd with qemu-img, and digests.
+//!
+//! Assembly comes in two steps so that the caller can inspect the image before the disk is
+//! made: [`stage`] merges, scans, plans and copies the tree, and its [`Staged`] shows the
+//! merged root file system as the disk will hold it ([`Staged::root_view`], for an SBOM or
+//! the package list); [`Staged::assemble`] then makes the disk. [`assemble`] does both for
+//! one directory.
+//!
+//! Everything that varies between runs is derived from the inputs (GUIDs, UUIDs, hash seeds,
+//! clamped times), so the same tree or layers and one `SOURCE_DATE_EPOCH` give a
 //! byte-identical raw disk; what cannot be made identical is listed in
 //! [`AssembledDisk::non_reproducible`]. It also owns the [`qemu`] helper that boots a disk
 //! under OVMF, which the test stage reuses. It must not know about components, the build
-//! sandbox, layers or the catalogue: its input is a directory and a layout, its output files
-//! and a description of them.
+//! sandbox, how layers are made or cached, or the catalogue: its input is directories and a
+//! layout, its output files and a description of them.
 
 mod boot;
 mod convert;
@@ -63,9 +74,10 @@ pub struct AssembleOptions {
     /// Kernel command line words added after kiln's own (the recipe's extra cmdline).
     pub kernel_cmdline: String,
     pub boot_loader: BootLoaderSource,
-    /// Where the per-partition copies of the tree are made. `None`: /dev/shm when it is a
-    /// tmpfs with room to spare (copying into memory is about ten times faster than into a
-    /// journaled file system), else beside the outputs.
+    /// Where the staging copy of the tree is made (it lives until the [`Staged`] is
+    /// assembled or dropped). `None`: /dev/shm when it is a tmpfs with room to spare (copying
+    /// into memory is about ten times faster than into a journaled file system), else beside
+    /// the outputs.
     pub staging_dir: Option<PathBuf>,
 }
 
@@ -164,9 +176,226 @@ struct Plan {
     options: Vec<String>,
 }
 
+/// What the image's root file system is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeSource {
+    /// One directory, taken as it is: a character device 0:0 or a `trusted.overlay.*`
+    /// attribute in it is content (an image may hold a container engine's own layers).
+    Dir(PathBuf),
+    /// overlayfs layers, bottom first: the base tree, then the upper directory of each
+    /// overlay the build ran in. They are merged as overlayfs would show them (whiteouts
+    /// delete, opaque directories hide what is below them, a higher entry replaces a lower
+    /// one); the whiteouts and overlayfs's attributes are not part of the image. Layers made
+    /// with redirect_dir or metacopy are refused.
+    Layers(Vec<PathBuf>),
+}
+
+impl TreeSource {
+    fn source(&self) -> tree::Source {
+        match self {
+            TreeSource::Dir(d) => tree::Source::dir(d),
+            TreeSource::Layers(l) => tree::Source::layers(l),
+        }
+    }
+}
+
 /// Assembles `tree` into a bootable GPT disk laid out as `layout`, writing each requested
-/// format into `options.output_dir`.
+/// format into `options.output_dir`: [`stage`] of [`TreeSource::Dir`], then
+/// [`Staged::assemble`].
 pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> Result<AssembledDisk> {
+    stage(&TreeSource::Dir(tree.to_owned()), layout, options)?.assemble()
+}
+
+/// A tree merged, planned and copied into staging, not yet made into a disk: the first half
+/// of assembly, returned by [`stage`] so that the caller can inspect the image's root file
+/// system as it will be (its packages, an SBOM) before [`Staged::assemble`] makes the disk.
+/// Dropping it removes the staging copy.
+#[derive(Debug)]
+pub struct Staged {
+    /// Holds the view and, at assembly, the other partitions' shares; removed on drop.
+    work: tempfile::TempDir,
+    view: PathBuf,
+    options: AssembleOptions,
+    mounts: Vec<PathBuf>,
+    esp_index: usize,
+    scan: tree::Scan,
+    plans: Vec<Plan>,
+    parts: Vec<PartitionInfo>,
+    disk_size: u64,
+    seed: [u8; 32],
+    epoch: i64,
+    boot: BootInfo,
+    timings: Vec<Timing>,
+}
+
+impl Staged {
+    /// The merged root tree as the disk will hold it, every partition's share in place
+    /// (/var/log's content under `var/log`, the ESP's under `boot/efi`), with kiln's
+    /// /etc/fstab and boot files, owners, modes, extended attributes and clamped times. It is
+    /// the image's (hostile) content: read it without following its symlinks on the host
+    /// (resolve them inside it), and do not change it: the partitions were sized from it.
+    pub fn root_view(&self) -> &Path {
+        &self.view
+    }
+
+    /// The host path of `path` (absolute, as the image sees it) in [`Staged::root_view`],
+    /// without resolving symlinks.
+    pub fn path_of(&self, path: &str) -> PathBuf {
+        self.view.join(path.trim_start_matches('/'))
+    }
+
+    /// The partitions as they will be made, in disk order.
+    pub fn partitions(&self) -> &[PartitionInfo] {
+        &self.parts
+    }
+
+    /// How the disk will boot.
+    pub fn boot(&self) -> &BootInfo {
+        &self.boot
+    }
+
+    /// The timestamp clamp in use.
+    pub fn source_date_epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// sha256 (hex) everything derived is derived from.
+    pub fn seed(&self) -> String {
+        hex::encode(self.seed)
+    }
+
+    /// Makes the disk from the staged tree: splits the view by mount point (by renaming, no
+    /// copy), writes the file systems, the GPT and every requested format, and removes the
+    /// staging copy.
+    pub fn assemble(mut self) -> Result<AssembledDisk> {
+        let mut clock = Instant::now();
+        let mut lap = |stage: &str, timings: &mut Vec<Timing>| {
+            timings.push(Timing { stage: stage.into(), millis: clock.elapsed().as_millis() as u64 });
+            clock = Instant::now();
+        };
+        let options = &self.options;
+        let (epoch, parts, plans) = (self.epoch, &self.parts, &self.plans);
+        let staging = tree::split(&self.view, self.work.path(), &self.mounts)?;
+        lap("split", &mut self.timings);
+
+        // The disk: a sparse file the file systems are written into at their offsets.
+        let raw_path = options.output_dir.join(format!("{}.raw", options.name));
+        let disk = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&raw_path)
+            .map_err(|e| ImageError::io("creating", &raw_path, e))?;
+        disk.set_len(self.disk_size).map_err(|e| ImageError::io("sizing", &raw_path, e))?;
+        let conf = self.work.path().join("mke2fs.conf");
+        fs::write(&conf, ext4::MKE2FS_CONF).map_err(|e| ImageError::io("writing", &conf, e))?;
+        for (p, info) in plans.iter().zip(parts) {
+            if p.mount_point == ESP_MOUNT {
+                continue;
+            }
+            let root =
+                self.scan.roots[p.mount_index].unwrap_or(DirMeta { mtime: epoch, ..DirMeta::default() });
+            let params = ext4::Ext4Params {
+                label: info.label.clone(),
+                uuid: Guid::parse(&info.fs_uuid),
+                hash_seed: derive(&self.seed, &format!("hash-seed:{}", p.mount_point)),
+                offset: info.offset,
+                size: info.size,
+                inodes: ext4::inode_count(info.size, self.scan.usage[p.mount_index].inodes),
+                root,
+                epoch,
+            };
+            ext4::make(&raw_path, &staging[p.mount_index], &conf, &params).map_err(|e| too_small(e, info))?;
+        }
+        lap("ext4", &mut self.timings);
+        let esp_part = &parts[0];
+        let volume_id =
+            u32::from_str_radix(&esp_part.fs_uuid.replace('-', ""), 16).expect("formatted in stage");
+        esp::make(&raw_path, esp_part.offset, esp_part.size, volume_id, &staging[self.esp_index], epoch)
+            .map_err(|e| too_small(e, esp_part))?;
+        lap("esp", &mut self.timings);
+        let gpt_parts: Vec<GptPartition> = parts
+            .iter()
+            .map(|p| GptPartition {
+                type_guid: Guid::parse(gpt::types::for_mount_point(&p.mount_point)),
+                guid: Guid::parse(&p.part_uuid),
+                first_lba: p.offset / gpt::SECTOR,
+                last_lba: (p.offset + p.size) / gpt::SECTOR - 1,
+                name: p.label.clone(),
+            })
+            .collect();
+        let disk_guid = derive(&self.seed, "disk-guid");
+        gpt::write(&disk, &raw_path, self.disk_size, disk_guid, &gpt_parts)?;
+        disk.sync_all().map_err(|e| ImageError::io("flushing", &raw_path, e))?;
+        drop(disk);
+        let Staged { work, options, parts, disk_size, seed, boot, mut timings, .. } = self;
+        drop(work);
+        lap("gpt", &mut timings);
+
+        // Outputs, each hashed in the background while the next is written.
+        let mut pending = Vec::new();
+        let mut non_reproducible = Vec::new();
+        let formats = &options.formats;
+        if formats.contains(&OutputFormat::Raw) {
+            pending.push(convert::PendingDigest::start(&raw_path, OutputFormat::Raw)?);
+        }
+        for f in formats.iter().filter(|f| **f != OutputFormat::Raw) {
+            let path = options.output_dir.join(format!("{}.{}", options.name, f.extension()));
+            convert::convert(&raw_path, &path, *f)?;
+            if let Some(why) = f.non_reproducible() {
+                non_reproducible.push(why.to_owned());
+            }
+            pending.push(convert::PendingDigest::start(&path, *f)?);
+        }
+        lap("convert", &mut timings);
+        let mut artifacts = pending.into_iter().map(|p| p.finish()).collect::<Result<Vec<_>>>()?;
+        // In the order asked for.
+        artifacts.sort_by_key(|a| formats.iter().position(|f| *f == a.format));
+        if !formats.contains(&OutputFormat::Raw) {
+            fs::remove_file(&raw_path)
+                .map_err(|e| ImageError::io("removing the intermediate", &raw_path, e))?;
+        }
+        if boot.boot_loader != BootLoaderOrigin::Image {
+            non_reproducible.push(format!(
+                "EFI system partition: systemd-boot was taken from the build host ({}), not the image, \
+                 so the disk depends on the host's systemd-boot-efi version",
+                boot.boot_loader_path.display()
+            ));
+        }
+        lap("digest", &mut timings);
+
+        Ok(AssembledDisk {
+            artifacts,
+            disk_size,
+            disk_guid: disk_guid.to_string(),
+            partitions: parts,
+            boot,
+            source_date_epoch: epoch,
+            seed: hex::encode(seed),
+            non_reproducible,
+            timings,
+        })
+    }
+}
+
+/// A GUID derived from the seed for one role, marked as version 4, variant 1, as
+/// systemd-repart does for derived GUIDs.
+fn derive(seed: &[u8; 32], role: &str) -> Guid {
+    let d = Sha256::new().chain_update(seed).chain_update(role.as_bytes()).finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0F) | 0x40;
+    b[8] = (b[8] & 0x3F) | 0x80;
+    Guid(b)
+}
+
+/// The first half of assembly: merges and scans `source`, plans the partitions of `layout`
+/// (a content that does not fit is refused here, before anything is copied), and copies the
+/// tree once into a private staging directory with kiln's /etc/fstab and boot files added.
+/// Inspect the result through [`Staged::root_view`], then make the disk with
+/// [`Staged::assemble`].
+pub fn stage(source: &TreeSource, layout: &DiskLayout, options: &AssembleOptions) -> Result<Staged> {
     let mut timings = Vec::new();
     let mut clock = Instant::now();
     let mut lap = |stage: &str, timings: &mut Vec<Timing>| {
@@ -185,11 +414,11 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
     let esp_index = mount_points.len() - 1;
     let mounts: Vec<PathBuf> = mount_points.iter().map(|m| tree::rel_mount(m)).collect();
 
-    let scan = tree::scan(tree, &mounts)?;
+    let scan = tree::scan(&source.source(), &mounts)?;
     for e in scan.entries.iter().filter(|e| e.part == esp_index) {
         if !matches!(e.kind, Kind::Dir | Kind::File) {
             return Err(ImageError::UnsupportedOnEsp {
-                path: tree.join(&e.rel),
+                path: scan.source_of(e),
                 reason: "only regular files and directories fit on FAT".into(),
             });
         }
@@ -204,8 +433,8 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
             Err(_) => scan.max_mtime.min(now()),
         },
     };
-    let kernel = boot::find_kernel(tree)?;
-    let (loader, loader_origin) = boot::find_boot_loader(tree, &options.boot_loader)?;
+    let kernel = boot::find_kernel(&scan)?;
+    let (loader, loader_origin) = boot::find_boot_loader(&scan, &options.boot_loader)?;
     lap("scan", &mut timings);
 
     // Everything random-looking is derived from this.
@@ -218,16 +447,7 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
         h.update(format!("{layout:?}|{epoch}|{}", options.kernel_cmdline).as_bytes());
         h.finalize().into()
     };
-    let derive = |role: &str| -> Guid {
-        let d = Sha256::new().chain_update(seed).chain_update(role.as_bytes()).finalize();
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&d[..16]);
-        // Marked as version 4, variant 1, as systemd-repart does for derived GUIDs.
-        b[6] = (b[6] & 0x0F) | 0x40;
-        b[8] = (b[8] & 0x3F) | 0x80;
-        Guid(b)
-    };
-
+    let derive = |role: &str| derive(&seed, role);
     // Sizes.
     let h = layout.headroom_percent;
     let mut plans: Vec<Plan> = Vec::new();
@@ -325,11 +545,10 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
     }
     let disk_size = offset + MIB;
     let root_part = parts.last().expect("root is always planned").clone();
-    let esp_part = parts[0].clone();
     lap("plan", &mut timings);
 
-    // Staging: one directory per partition (private: mode 0700), removed when this
-    // function returns, also on error.
+    // Staging: a private directory (mode 0700), removed when the result is dropped, also on
+    // error.
     fs::create_dir_all(&options.output_dir)
         .map_err(|e| ImageError::io("creating", &options.output_dir, e))?;
     let content: u64 = scan.usage.iter().map(|u| u.blocks * BLOCK).sum();
@@ -341,18 +560,17 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
         .prefix(".kiln-assemble-")
         .tempdir_in(&staging_base)
         .map_err(|e| ImageError::io("creating a staging directory in", &staging_base, e))?;
-    let staging: Vec<PathBuf> = (0..mounts.len()).map(|i| work.path().join(format!("p{i}"))).collect();
-    for s in &staging {
-        fs::create_dir(s).map_err(|e| ImageError::io("creating", s, e))?;
-    }
-    tree::stage(tree, &scan, &mounts, &staging, epoch)?;
+    // The tree, unsplit: the view callers inspect, split by renames at assembly.
+    let view = work.path().join("root");
+    fs::create_dir(&view).map_err(|e| ImageError::io("creating", &view, e))?;
+    tree::stage(&scan, &mounts, &view, epoch)?;
 
     // /etc/fstab in the root's share.
     let fstab = fstab(&parts);
-    write_generated(&staging[0], "etc/fstab", fstab.as_bytes(), 0o644, epoch)?;
+    write_generated(&view, "etc/fstab", fstab.as_bytes(), 0o644, epoch)?;
 
-    // The ESP's files.
-    let title = boot::os_title(tree);
+    // The ESP's files, in its mount directory.
+    let title = boot::os_title(&scan);
     let esp_kernel = format!("/kiln/vmlinuz-{}", kernel.version);
     let esp_initrd = format!("/kiln/initrd.img-{}", kernel.version);
     let mut cmdline = format!("root=PARTUUID={} rw console=ttyS0,115200", root_part.part_uuid);
@@ -360,7 +578,7 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
         cmdline.push(' ');
         cmdline.push_str(options.kernel_cmdline.trim());
     }
-    let esp_dir = &staging[esp_index];
+    let esp_dir = &view.join(&mounts[esp_index]);
     let entry = boot::loader_entry(&title, &kernel.version, &esp_kernel, &esp_initrd, &cmdline);
     write_generated(esp_dir, "loader/loader.conf", boot::loader_conf().as_bytes(), 0o644, epoch)?;
     write_generated(esp_dir, "loader/entries/kiln.conf", entry.as_bytes(), 0o644, epoch)?;
@@ -369,93 +587,17 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
     copy_generated(esp_dir, esp_initrd.trim_start_matches('/'), &kernel.initrd, epoch)?;
     lap("stage", &mut timings);
 
-    // The disk: a sparse file the file systems are written into at their offsets.
-    let raw_path = options.output_dir.join(format!("{}.raw", options.name));
-    let disk = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&raw_path)
-        .map_err(|e| ImageError::io("creating", &raw_path, e))?;
-    disk.set_len(disk_size).map_err(|e| ImageError::io("sizing", &raw_path, e))?;
-    let conf = work.path().join("mke2fs.conf");
-    fs::write(&conf, ext4::MKE2FS_CONF).map_err(|e| ImageError::io("writing", &conf, e))?;
-    for (p, info) in plans.iter().zip(&parts) {
-        if p.mount_point == ESP_MOUNT {
-            continue;
-        }
-        let root = scan.roots[p.mount_index].unwrap_or(DirMeta { mtime: epoch, ..DirMeta::default() });
-        let params = ext4::Ext4Params {
-            label: info.label.clone(),
-            uuid: Guid::parse(&info.fs_uuid),
-            hash_seed: derive(&format!("hash-seed:{}", p.mount_point)),
-            offset: info.offset,
-            size: info.size,
-            inodes: ext4::inode_count(info.size, scan.usage[p.mount_index].inodes),
-            root,
-            epoch,
-        };
-        ext4::make(&raw_path, &staging[p.mount_index], &conf, &params).map_err(|e| too_small(e, info))?;
-    }
-    lap("ext4", &mut timings);
-    let volume_id = u32::from_str_radix(&esp_part.fs_uuid.replace('-', ""), 16).expect("formatted above");
-    esp::make(&raw_path, esp_part.offset, esp_part.size, volume_id, esp_dir, epoch)
-        .map_err(|e| too_small(e, &esp_part))?;
-    lap("esp", &mut timings);
-    let gpt_parts: Vec<GptPartition> = parts
-        .iter()
-        .map(|p| GptPartition {
-            type_guid: Guid::parse(gpt::types::for_mount_point(&p.mount_point)),
-            guid: Guid::parse(&p.part_uuid),
-            first_lba: p.offset / gpt::SECTOR,
-            last_lba: (p.offset + p.size) / gpt::SECTOR - 1,
-            name: p.label.clone(),
-        })
-        .collect();
-    let disk_guid = derive("disk-guid");
-    gpt::write(&disk, &raw_path, disk_size, disk_guid, &gpt_parts)?;
-    disk.sync_all().map_err(|e| ImageError::io("flushing", &raw_path, e))?;
-    drop(disk);
-    drop(work);
-    lap("gpt", &mut timings);
-
-    // Outputs, each hashed in the background while the next is written.
-    let mut pending = Vec::new();
-    let mut non_reproducible = Vec::new();
-    let formats = &options.formats;
-    if formats.contains(&OutputFormat::Raw) {
-        pending.push(convert::PendingDigest::start(&raw_path, OutputFormat::Raw)?);
-    }
-    for f in formats.iter().filter(|f| **f != OutputFormat::Raw) {
-        let path = options.output_dir.join(format!("{}.{}", options.name, f.extension()));
-        convert::convert(&raw_path, &path, *f)?;
-        if let Some(why) = f.non_reproducible() {
-            non_reproducible.push(why.to_owned());
-        }
-        pending.push(convert::PendingDigest::start(&path, *f)?);
-    }
-    lap("convert", &mut timings);
-    let mut artifacts = pending.into_iter().map(|p| p.finish()).collect::<Result<Vec<_>>>()?;
-    // In the order asked for.
-    artifacts.sort_by_key(|a| formats.iter().position(|f| *f == a.format));
-    if !formats.contains(&OutputFormat::Raw) {
-        fs::remove_file(&raw_path).map_err(|e| ImageError::io("removing the intermediate", &raw_path, e))?;
-    }
-    if loader_origin != BootLoaderOrigin::Image {
-        non_reproducible.push(format!(
-            "EFI system partition: systemd-boot was taken from the build host ({}), not the image, \
-             so the disk depends on the host's systemd-boot-efi version",
-            loader.display()
-        ));
-    }
-    lap("digest", &mut timings);
-
-    Ok(AssembledDisk {
-        artifacts,
+    Ok(Staged {
+        work,
+        view,
+        options: options.clone(),
+        mounts,
+        esp_index,
+        scan,
+        plans,
         disk_size,
-        disk_guid: disk_guid.to_string(),
-        partitions: parts,
+        seed,
+        epoch,
         boot: BootInfo {
             title,
             kernel_version: kernel.version.clone(),
@@ -465,9 +607,7 @@ pub fn assemble(tree: &Path, layout: &DiskLayout, options: &AssembleOptions) -> 
             boot_loader: loader_origin,
             boot_loader_path: loader,
         },
-        source_date_epoch: epoch,
-        seed: hex::encode(seed),
-        non_reproducible,
+        parts,
         timings,
     })
 }
