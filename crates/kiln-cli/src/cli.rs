@@ -29,6 +29,11 @@ pub struct GlobalArgs {
     /// Format of log lines on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// Where kiln keeps its state (SQLite catalogue), caches (layers, packages) and image
+    /// folders. Default: $XDG_DATA_HOME/kiln, else ~/.local/share/kiln.
+    #[arg(long, env = "KILN_HOME", global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,9 +44,91 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a resource file: parent, components layer by layer (cached),
+    /// validate, golden-image cleanup, disk assembly, SBOMs, a boot test, the catalogue.
+    ///
+    /// The resource file holds `components`, an `imageRecipe`, an
+    /// `infrastructureConfiguration` and a `distributionConfiguration`, with Image Builder's
+    /// names (see examples/). The output folder gets the disk in each format, manifest.json,
+    /// SHA256SUMS, sbom.cdx.json, sbom.spdx.json and build-log.jsonl. Needs root.
+    Build(BuildArgs),
+
     /// Work with AWSTOE-compatible component documents: validate them, run them into a root.
     #[command(subcommand)]
     Component(ComponentCommand),
+
+    /// Catalogued images: list them, show one.
+    #[command(subcommand)]
+    Image(ImageCommand),
+
+    /// The layer cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The resource file (YAML).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// The output folder (default: KILN_HOME/images/NAME/VERSION/BUILD).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Rebuild every layer instead of reusing cached ones.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Skip the test stage (booting the image in QEMU).
+    #[arg(long)]
+    pub no_test: bool,
+
+    /// When a step fails: `abort` (default) removes the failed layer, `keep` keeps it for
+    /// inspection, `shell` keeps it and opens a shell in the sandbox over it.
+    #[arg(long, value_enum, default_value_t = OnErrorArg::Abort)]
+    pub on_error: OnErrorArg,
+
+    /// Print JSON events on stdout (one per line) and the outcome as the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnErrorArg {
+    Abort,
+    Keep,
+    Shell,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List catalogued image build versions.
+    List {
+        /// Only images with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print a JSON list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one image: NAME/VERSION[/BUILD] (latest build when omitted) or its ARN.
+    Show {
+        image: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Free space: remove cached layers. By default keeps the layers of AVAILABLE images.
+    Prune {
+        /// Remove every layer, including those of AVAILABLE images.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,8 +23,12 @@ fn main() -> ExitCode {
 
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.log_format);
+    let home = kiln_home(cli.global.home.clone());
     let result = match cli.command {
+        Command::Build(args) => commands::build::run(&home, args),
         Command::Component(cmd) => commands::component::run(cmd),
+        Command::Image(cmd) => commands::image::run(&home, cmd),
+        Command::Cache(cmd) => commands::cache::run(&home, cmd),
     };
     match result {
         Ok(code) => code,
@@ -36,6 +40,18 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// `--home`/`KILN_HOME`, else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
+fn kiln_home(given: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    if let Some(home) = given {
+        return home;
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return std::path::PathBuf::from(data).join("kiln");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::PathBuf::from(home).join(".local/share/kiln")
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {

@@ -50,6 +50,11 @@ pub struct RunOptions {
     pub output_cap: usize,
     /// Reboots allowed per document.
     pub max_reboots: u32,
+    /// Reports of earlier runs of the same documents (matched by document name), whose step
+    /// inputs and outputs later phases may chain to: a build runs its build phase and its
+    /// validate phase separately, and a cached build layer keeps the report of the run that
+    /// made it.
+    pub earlier: Vec<DocumentReport>,
 }
 
 impl Default for RunOptions {
@@ -62,6 +67,7 @@ impl Default for RunOptions {
             log_dir: None,
             output_cap: 64 * 1024,
             max_reboots: 10,
+            earlier: Vec::new(),
         }
     }
 }
@@ -249,6 +255,20 @@ impl<'h> Engine<'h> {
         let constants: HashMap<String, String> =
             doc.constants.iter().map(|c| (c.name.clone(), c.value.clone())).collect();
         let mut records: HashMap<(PhaseName, String), StepRecord> = HashMap::new();
+        for earlier in self.options.earlier.iter().filter(|r| r.name == name) {
+            for phase in &earlier.phases {
+                let Some(phase_name) = PhaseName::from_name(&phase.name) else { continue };
+                // In run order, so a looped step's last iteration wins, as in a live run.
+                for step in
+                    phase.steps.iter().filter(|s| s.status == Status::Success || s.status == Status::Ignored)
+                {
+                    records.insert(
+                        (phase_name, step.name.clone()),
+                        StepRecord { inputs: step.inputs.clone(), outputs: step.outputs.clone() },
+                    );
+                }
+            }
+        }
         let mut phase_reports = Vec::new();
         let mut failure: Option<String> = None;
         let mut reboots = 0u32;

@@ -290,6 +290,9 @@ fn setup(init: &Init) -> Result<(), String> {
         }
     }
     let host_sys = clone_tree("/sys", true)?;
+    // With the host's network, steps need its resolver; read it while the host root is still
+    // visible.
+    let host_resolv = if init.network == Network::Host { fs::read("/etc/resolv.conf").ok() } else { None };
 
     let newroot = match &init.root {
         RootSpec::Dir(dir) => {
@@ -397,6 +400,13 @@ fn setup(init: &Init) -> Result<(), String> {
         Some("mode=1777"),
     )?;
 
+    // /run is a tmpfs on a booted system; what steps put there must not reach the image.
+    ensure_dir("/run", 0o755)?;
+    do_mount(Some("tmpfs"), "/run", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755"))?;
+    if let Some(resolv) = host_resolv {
+        provide_resolver(&resolv)?;
+    }
+
     sys(|| format!("sethostname {:?}", init.hostname), sethostname(&init.hostname))?;
     if init.network == Network::None {
         loopback_up()?;
@@ -404,6 +414,42 @@ fn setup(init: &Init) -> Result<(), String> {
     drop_capabilities()?;
     umask(Mode::empty());
     Ok(())
+}
+
+/// Make the host's resolver configuration what the image's /etc/resolv.conf shows, without
+/// changing the image: a symlink into /run (systemd-resolved's stub) gets its target created in
+/// the sandbox's /run tmpfs; a regular file is covered by a bind mount. Runs after pivot_root,
+/// so every path here is inside the image.
+fn provide_resolver(content: &[u8]) -> Result<(), String> {
+    let ours = "/run/kiln-resolv.conf";
+    fs::write(ours, content).map_err(|e| format!("write {ours}: {e}"))?;
+    match fs::symlink_metadata("/etc/resolv.conf") {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target =
+                fs::read_link("/etc/resolv.conf").map_err(|e| format!("readlink /etc/resolv.conf: {e}"))?;
+            let target = std::path::Path::new("/etc").join(target);
+            // Only a target under /run can be provided without writing to the image.
+            let mut normal = std::path::PathBuf::from("/");
+            for c in target.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        normal.pop();
+                    }
+                    std::path::Component::Normal(n) => normal.push(n),
+                    _ => {}
+                }
+            }
+            if normal.starts_with("/run") {
+                if let Some(parent) = normal.parent() {
+                    fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+                }
+                fs::write(&normal, content).map_err(|e| format!("write {}: {e}", normal.display()))?;
+            }
+            Ok(())
+        }
+        Ok(m) if m.is_file() => do_mount(Some(ours), "/etc/resolv.conf", None, MsFlags::MS_BIND, None),
+        _ => Ok(()),
+    }
 }
 
 /// Bring up `lo` in the sandbox's fresh network namespace (it starts down), so steps can talk

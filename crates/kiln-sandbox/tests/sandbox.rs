@@ -188,6 +188,34 @@ fn host_network_shares_the_namespace() {
 }
 
 #[test]
+fn host_network_brings_the_host_resolver_without_changing_the_image() {
+    let host_resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
+    // systemd-resolved's stub symlink (bookworm's default), and a plain file.
+    for stub in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        testroot::build(dir.path()).unwrap();
+        let etc = dir.path().join("etc/resolv.conf");
+        let _ = fs::remove_file(&etc);
+        if stub {
+            std::os::unix::fs::symlink("../run/systemd/resolve/stub-resolv.conf", &etc).unwrap();
+        } else {
+            fs::write(&etc, "nameserver 192.0.2.1\n").unwrap();
+        }
+        let mut c = config(RootSpec::Dir(dir.path().into()));
+        c.network = Network::Host;
+        let s = Sandbox::start(c).unwrap();
+        assert_eq!(s.read_file("/etc/resolv.conf").unwrap(), host_resolv, "stub={stub}");
+        // /run is the sandbox's own tmpfs: nothing written there reaches the image.
+        assert!(sh(&s, "touch /run/marker").status.success());
+        s.shutdown().unwrap();
+        assert!(!dir.path().join("run/marker").exists() && !dir.path().join("run/systemd").exists());
+        if !stub {
+            assert_eq!(fs::read(&etc).unwrap(), b"nameserver 192.0.2.1\n", "the image's file is untouched");
+        }
+    }
+}
+
+#[test]
 fn sys_and_proc_sys_are_read_only() {
     let (_dir, s) = start();
     let out = sh(&s, "{ touch /sys/kiln; echo 1 > /proc/sys/vm/drop_caches; } 2>&1");

@@ -13,7 +13,8 @@ use crate::{
 };
 
 /// Image Builder's image states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ImageState {
     Pending,
     Building,
@@ -132,7 +133,8 @@ pub struct NewImage {
 }
 
 /// One image build version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Image {
     pub arn: String,
     pub name: String,
@@ -149,17 +151,21 @@ pub struct Image {
     pub region: String,
     pub account: String,
     pub tags: Tags,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 
 /// One recorded state change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StateChange {
     /// `None` for the creation of the image.
     pub from: Option<ImageState>,
     pub to: ImageState,
     pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
 

@@ -1,3 +1,6 @@
 //! One module per top-level command.
 
+pub mod build;
+pub mod cache;
 pub mod component;
+pub mod image;

@@ -1,0 +1,53 @@
+//! The build pipeline: from a resource file to a catalogued, bootable image.
+//!
+//! This crate owns the order of a build and nothing below it: resolve the recipe's components
+//! (by name and version, from the resource file or the catalogue), make the parent's base
+//! layer, run each component's build phase in the sandbox on an overlay over the layers below
+//! (each result a cached, content-addressed layer), run the validate phases, add the
+//! golden-image cleanup layer, stage the merged tree, take its inventory and SBOMs, assemble
+//! the disk in every format asked for, boot it once as the test stage, and write the output
+//! folder (disks, `manifest.json`, `SHA256SUMS`, `build-log.jsonl`, SBOMs) while the catalogue
+//! records every state transition. It knows recipes and stages, not how any one stage works:
+//! that belongs to kiln-parent, kiln-sandbox, kiln-component, kiln-image, kiln-scan and
+//! kiln-store.
+
+pub mod cleanup;
+pub mod layers;
+mod pipeline;
+pub mod run;
+
+use std::path::PathBuf;
+
+pub use pipeline::{BuildEvent, BuildOutcome, BuildProgress, BuildRequest, Kiln, OnError};
+
+/// Why a build could not be done. Each says what went wrong and, where it can, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The resource file or a component document is invalid; nothing was built.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<kiln_component::diag::Diagnostic>),
+    #[error("{0}")]
+    Component(String),
+    #[error("parent image: {0}")]
+    Parent(String),
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+    #[error("{phase} phase of component {component} failed: {message}")]
+    StepFailed { phase: String, component: String, message: String },
+    #[error("golden-image cleanup: {0}")]
+    Cleanup(String),
+    #[error("disk assembly: {0}")]
+    Image(String),
+    #[error("test stage: {0}")]
+    Test(String),
+    #[error("catalogue: {0}")]
+    Store(String),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl BuildError {
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        BuildError::Io { what, path: path.into(), source }
+    }
+}

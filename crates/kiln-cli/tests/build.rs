@@ -1,0 +1,404 @@
+//! `kiln build` end to end: real bootstraps, layers, assembly, the catalogue. Heavy: needs root,
+//! the package mirror (mmdebstrap) and QEMU. Every test has its own KILN_HOME (catalogue and
+//! outputs) and all share one layer and package cache, so the Debian base is bootstrapped once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{text, workspace};
+
+/// The layer and package cache shared by every build test (and kept between runs).
+fn shared_cache() -> PathBuf {
+    let dir = std::env::var_os("KILN_TEST_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
+        });
+        base.join("kiln/test-cache")
+    });
+    std::fs::create_dir_all(&dir).expect("create the shared test cache");
+    dir
+}
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home { dir: tempfile::Builder::new().prefix("kiln-home-").tempdir().expect("tempdir") }
+    }
+
+    fn kiln(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(args).env("KILN_HOME", self.dir.path()).env("KILN_CACHE_DIR", shared_cache());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run kiln")
+    }
+
+    /// `kiln build --json`: the outcome object (or the error) from the last line.
+    fn build(&self, file: &Path, extra: &[&str]) -> (Output, serde_json::Value) {
+        let mut args = vec!["build", "-f", file.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let out = self.kiln(&args, &[]);
+        let last = text(&out.stdout).lines().last().map(str::to_string).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap_or(serde_json::Value::Null);
+        (out, v)
+    }
+
+    fn images(&self) -> Vec<serde_json::Value> {
+        let out = self.kiln(&["image", "list", "--json"], &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("image list --json")
+    }
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "kiln failed:\nstdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// A resource file with two quick components; `a` and `b` are their parameter values.
+fn two_components(dir: &Path, name: &str, a: &str, b: &str, b_fails: bool) -> PathBuf {
+    let fail = if b_fails { "exit 3" } else { "true" };
+    let file = dir.join(format!("{name}.yml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"components:
+  - name: write-a
+    semanticVersion: 1.0.0
+    data: |
+      name: write-a
+      schemaVersion: 1.0
+      parameters:
+        - Value:
+            type: string
+      phases:
+        - name: build
+          steps:
+            - name: Write
+              action: CreateFile
+              inputs:
+                - path: /etc/kiln-a
+                  content: "{{{{ Value }}}}"
+  - name: write-b
+    semanticVersion: 1.0.0
+    data: |
+      name: write-b
+      schemaVersion: 1.0
+      parameters:
+        - Value:
+            type: string
+      phases:
+        - name: build
+          steps:
+            - name: Write
+              action: ExecuteBash
+              inputs:
+                commands:
+                  - echo "{{{{ Value }}}}" > /etc/kiln-b
+                  - {fail}
+        - name: validate
+          steps:
+            - name: Check
+              action: ExecuteBash
+              inputs:
+                commands: ["test -s /etc/kiln-b"]
+imageRecipe:
+  name: {name}
+  semanticVersion: 1.0.0
+  parentImage: debian-12-x86
+  components:
+    - componentArn: write-a/1.x.x
+      parameters: [{{ name: Value, value: ["{a}"] }}]
+    - componentArn: arn:aws:imagebuilder:local:000000000000:component/write-b/x.x.x
+      parameters: [{{ name: Value, value: ["{b}"] }}]
+"#
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn minimal_example_builds_boots_and_is_catalogued() {
+    let home = Home::new();
+    let out_dir = home.dir.path().join("out");
+    let example = workspace().join("examples/minimal/minimal.yml");
+    let (out, outcome) = home.build(&example, &["--out", out_dir.to_str().unwrap()]);
+    ok(&out);
+    assert_eq!(outcome["outcome"]["state"], "AVAILABLE", "{outcome}");
+    for f in [
+        "minimal.qcow2",
+        "minimal.raw",
+        "manifest.json",
+        "SHA256SUMS",
+        "build-log.jsonl",
+        "sbom.cdx.json",
+        "sbom.spdx.json",
+    ] {
+        assert!(out_dir.join(f).is_file(), "{f} is missing");
+    }
+    let sums = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&out_dir).output().unwrap();
+    assert!(sums.status.success(), "{}", text(&sums.stdout));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
+    // The test stage booted the qcow2 from its own disk under UEFI to a login prompt.
+    assert_eq!(manifest["tests"][0]["name"], "boots-to-login-prompt");
+    assert_eq!(manifest["tests"][0]["status"], "passed");
+    let packages = manifest["packages"].as_array().unwrap();
+    assert!(packages.iter().any(|p| p["name"] == "linux-image-amd64"), "the kernel is in the package list");
+    assert_eq!(manifest["components"][0]["name"], "motd-and-admins");
+    // Every line of the build log is JSON.
+    let log = std::fs::read_to_string(out_dir.join("build-log.jsonl")).unwrap();
+    assert!(
+        log.lines().count() > 5 && log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+    // The catalogue has it, with its state history.
+    let images = home.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["state"], "AVAILABLE");
+    let show = home.kiln(&["image", "show", "minimal/1.0.0", "--json"], &[]);
+    ok(&show);
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let states: Vec<&str> =
+        shown["history"].as_array().unwrap().iter().map(|h| h["to"].as_str().unwrap()).collect();
+    assert_eq!(states, ["PENDING", "BUILDING", "TESTING", "AVAILABLE"]);
+    // The image leaves with no host keys and an empty machine id (checked in the disk).
+    let raw = out_dir.join("minimal.raw");
+    let listing = debugfs_root(&raw, "ls -l /etc/ssh");
+    assert!(!listing.contains("ssh_host_"), "host keys were left in the image:\n{listing}");
+    let machine_id = debugfs_root(&raw, "stat /etc/machine-id");
+    assert!(machine_id.contains("Size: 0"), "the machine id is not empty:\n{machine_id}");
+}
+
+/// Run a debugfs request against the root partition (the last one) of a raw disk.
+fn debugfs_root(raw: &Path, request: &str) -> String {
+    let dump = Command::new("sfdisk").arg("--json").arg(raw).output().unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let root = parts.last().unwrap();
+    let start = root["start"].as_u64().unwrap() * 512;
+    let size = root["size"].as_u64().unwrap() * 512;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("root.ext4");
+    let status = Command::new("dd")
+        .args([format!("if={}", raw.display()), format!("of={}", fs.display())])
+        .args(["bs=1M", "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none"])
+        .arg(format!("skip={start}"))
+        .arg(format!("count={size}"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new("debugfs").arg("-R").arg(request).arg(&fs).output().unwrap();
+    text(&out.stdout)
+}
+
+#[test]
+fn rebuilds_reuse_layers_and_a_change_rebuilds_only_what_follows_it() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = two_components(dir.path(), "cached", "one", "two", false);
+    let (out, o) = home.build(&first, &["--no-test"]);
+    ok(&out);
+    let (out, o2) = home.build(&first, &["--no-test"]);
+    ok(&out);
+    assert_eq!(
+        (o2["outcome"]["layersReused"].as_u64(), o2["outcome"]["layersBuilt"].as_u64()),
+        (Some(2), Some(0)),
+        "{o2}"
+    );
+    assert_eq!(o2["outcome"]["build"], 2, "each build of a recipe version gets the next build number ({o})");
+    // Changing the second component rebuilds it alone.
+    let second = two_components(dir.path(), "cached", "one", "TWO", false);
+    let (out, o3) = home.build(&second, &["--no-test"]);
+    ok(&out);
+    assert_eq!(
+        (o3["outcome"]["layersReused"].as_u64(), o3["outcome"]["layersBuilt"].as_u64()),
+        (Some(1), Some(1)),
+        "{o3}"
+    );
+    // Changing the first rebuilds both.
+    let third = two_components(dir.path(), "cached", "ONE", "TWO", false);
+    let (out, o4) = home.build(&third, &["--no-test"]);
+    ok(&out);
+    assert_eq!(
+        (o4["outcome"]["layersReused"].as_u64(), o4["outcome"]["layersBuilt"].as_u64()),
+        (Some(0), Some(2)),
+        "{o4}"
+    );
+    // --no-cache reuses nothing.
+    let (out, o5) = home.build(&third, &["--no-test", "--no-cache"]);
+    ok(&out);
+    assert_eq!(o5["outcome"]["layersReused"].as_u64(), Some(0), "{o5}");
+}
+
+#[test]
+fn a_failing_step_fails_the_image_and_the_fixed_rerun_resumes_from_the_last_good_layer() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = two_components(dir.path(), "resume", "alpha", "beta", true);
+    let (out, o) = home.build(&broken, &["--no-test", "--on-error", "keep"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(o["error"].as_str().unwrap().contains("write-b"), "the failure names the component: {o}");
+    let images = home.images();
+    assert_eq!(images[0]["state"], "FAILED");
+    assert!(
+        images[0]["reason"].as_str().unwrap().contains("Write"),
+        "the reason names the step: {}",
+        images[0]
+    );
+    assert!(!images.iter().any(|i| i["state"] == "AVAILABLE"));
+    let kept: Vec<_> = std::fs::read_dir(shared_cache().join("layers"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("failed-"))
+        .collect();
+    assert!(!kept.is_empty(), "--on-error keep keeps the failed layer");
+    let fixed = two_components(dir.path(), "resume", "alpha", "beta", false);
+    let (out, o) = home.build(&fixed, &["--no-test"]);
+    ok(&out);
+    assert_eq!(o["outcome"]["layersReused"].as_u64(), Some(1), "the good layer is reused: {o}");
+    assert_eq!(o["outcome"]["layersBuilt"].as_u64(), Some(1));
+}
+
+#[test]
+fn bad_inputs_fail_clearly_before_any_work() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(two_components(dir.path(), "bad", "a", "b", false)).unwrap();
+    let cases = [
+        (good.replace("parentImage: debian-12-x86", "parentImage: ubuntu-99-arm"), "ubuntu-99-arm"),
+        (good.replace("componentArn: write-a/1.x.x", "componentArn: write-a/7.x.x"), "write-a"),
+        (
+            good.replace(
+                "parentImage: debian-12-x86",
+                "parentImage: debian-12-x86\n  diskLayout:\n    rootSizeMib: 16",
+            ),
+            "too small",
+        ),
+    ];
+    for (i, (text_, expect)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case{i}.yml"));
+        std::fs::write(&file, text_).unwrap();
+        let started = std::time::Instant::now();
+        let (out, o) = home.build(&file, &["--no-test"]);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {}", text(&out.stderr));
+        let err = o["error"].as_str().unwrap_or_default().to_string();
+        assert!(err.contains(expect), "case {i}: {err}");
+        if i < 2 {
+            assert!(started.elapsed().as_secs() < 20, "case {i} did work before failing");
+        }
+    }
+    // Every failed build is recorded as FAILED with its reason; none is AVAILABLE.
+    let images = home.images();
+    assert_eq!(images.len(), 3);
+    assert!(
+        images.iter().all(|i| i["state"] == "FAILED" && i["reason"].as_str().is_some_and(|r| !r.is_empty()))
+    );
+    // A resource-file error is reported with its position and builds nothing.
+    let file = dir.path().join("overlap.yml");
+    std::fs::write(
+        &file,
+        good.replace(
+            "parentImage: debian-12-x86",
+            "parentImage: debian-12-x86\n  diskLayout:\n    partitions:\n      - mountPoint: /var\n      - mountPoint: /var/",
+        ),
+    )
+    .unwrap();
+    let out = home.kiln(&["build", "-f", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("overlap.yml:") && text(&out.stderr).contains("given twice"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn images_chain_onto_kiln_images_and_import_disks() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let base = two_components(dir.path(), "chain-base", "base-a", "base-b", false);
+    let base_out = dir.path().join("base-out");
+    let (out, _) = home.build(&base, &["--no-test", "--out", base_out.to_str().unwrap()]);
+    ok(&out);
+    let child_text = |parent: &str| {
+        format!(
+            r#"components:
+  - name: child-mark
+    semanticVersion: 1.0.0
+    data: |
+      name: child-mark
+      schemaVersion: 1.0
+      phases:
+        - name: build
+          steps:
+            - name: Mark
+              action: ExecuteBash
+              inputs:
+                commands: ["test -s /etc/kiln-a && echo child > /etc/kiln-child"]
+imageRecipe:
+  name: chain-child
+  semanticVersion: 1.0.0
+  parentImage: {parent}
+  components:
+    - componentArn: child-mark/1.0.0
+"#
+        )
+    };
+    // Chaining onto the catalogued image reuses its layers.
+    let chained = dir.path().join("chained.yml");
+    std::fs::write(&chained, child_text("chain-base/1.0.x")).unwrap();
+    let (out, o) = home.build(&chained, &["--no-test"]);
+    ok(&out);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o["outcome"]["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(manifest["parent"]["info"]["kind"], "kiln-image");
+    assert!(manifest["parent"]["layers"].as_array().unwrap().len() >= 3, "the parent's layers are the base");
+    // Importing the parent's disk gives a base with the parent's content.
+    let imported = dir.path().join("imported.yml");
+    let disk = base_out.join("chain-base.qcow2");
+    std::fs::write(&imported, child_text(disk.to_str().unwrap()).replace("chain-child", "import-child"))
+        .unwrap();
+    let (out, o) = home.build(&imported, &["--no-test"]);
+    ok(&out);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o["outcome"]["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(manifest["parent"]["info"]["kind"], "import");
+}
+
+#[test]
+fn two_no_cache_builds_with_one_source_date_epoch_give_identical_raw_disks() {
+    let example = workspace().join("examples/minimal/minimal.yml");
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let home = Home::new();
+        let out_dir = home.dir.path().join("out");
+        let out = home.kiln(
+            &[
+                "build",
+                "-f",
+                example.to_str().unwrap(),
+                "--no-cache",
+                "--no-test",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            &[("SOURCE_DATE_EPOCH", "1700000000")],
+        );
+        ok(&out);
+        let sums = std::fs::read_to_string(out_dir.join("SHA256SUMS")).unwrap();
+        let raw = sums.lines().find(|l| l.ends_with("minimal.raw")).unwrap().to_string();
+        digests.push(raw);
+    }
+    assert_eq!(digests[0], digests[1], "the raw disks differ");
+}

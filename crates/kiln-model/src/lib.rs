@@ -1,0 +1,28 @@
+//! kiln's resources, with EC2 Image Builder's names and camelCase fields.
+//!
+//! This crate owns the shapes a user writes — the resource file `kiln build -f` reads
+//! (components, an image recipe, an infrastructure and a distribution configuration), semantic
+//! versions with Image Builder's `x` wildcards, and ARNs — and their validation, with every
+//! error pointing at `FILE:LINE:COLUMN`. The same shapes are what the API will accept later.
+//! It must not know how a build runs, where state is kept or how disks are made: it describes,
+//! it does not do. Fields Image Builder has no equivalent for are kiln extensions, named as
+//! such in their documentation.
+
+pub mod arn;
+pub mod resource;
+pub mod version;
+
+pub use arn::Arn;
+pub use resource::{
+    ComponentConfig, ComponentParameter, ComponentResource, DiskLayoutSpec, Distribution,
+    DistributionConfiguration, ImageRecipe, InfrastructureConfiguration, NetworkPolicy, PartitionSpec,
+    ResourceFile, load_resource_file, parse_resource_file,
+};
+pub use version::{SemVer, VersionFilter};
+
+/// The account that owns kiln's built-in resources (managed parent images, built-in components).
+pub const KILN_ACCOUNT: &str = "kiln";
+/// The account of local resources in the embedded default.
+pub const LOCAL_ACCOUNT: &str = "000000000000";
+/// The region of the embedded default.
+pub const LOCAL_REGION: &str = "local";

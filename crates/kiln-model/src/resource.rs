@@ -1,0 +1,637 @@
+//! The resource file of `kiln build -f FILE`: components, an image recipe, an infrastructure
+//! configuration and a distribution configuration, with the Image Builder API's names.
+//!
+//! Fields marked *kiln extension* have no Image Builder counterpart (there, the AMI and the
+//! EC2 instance type carry them). Image Builder fields that make no sense on one machine
+//! (`instanceProfileName`, `instanceTypes`, `securityGroupIds`, ...) are accepted and kept, so
+//! the same shapes can be sent to the API.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kiln_component::diag::Diagnostic;
+use kiln_component::node::{Node, NodeKind, ScalarStyle, Span};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::version::{SemVer, VersionFilter};
+
+/// Output formats kiln can write.
+pub const FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vhdx", "vhd"];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceFile {
+    /// Components defined by this file (referenced from the recipe by name and version).
+    #[serde(default)]
+    pub components: Vec<ComponentResource>,
+    pub image_recipe: ImageRecipe,
+    #[serde(default)]
+    pub infrastructure_configuration: InfrastructureConfiguration,
+    #[serde(default)]
+    pub distribution_configuration: DistributionConfiguration,
+}
+
+/// A component: an AWSTOE document with a name and a semantic version.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComponentResource {
+    pub name: String,
+    pub semantic_version: String,
+    #[serde(default = "linux")]
+    pub platform: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub change_description: Option<String>,
+    #[serde(default)]
+    pub supported_os_versions: Option<Vec<String>>,
+    /// The document inline.
+    #[serde(default)]
+    pub data: Option<String>,
+    /// The document's location: a path relative to the resource file, or `file://`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn linux() -> String {
+    "Linux".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageRecipe {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub semantic_version: String,
+    /// `debian-12-x86` (or its ARN), a disk image or root tarball path, or a kiln image
+    /// (`NAME/VERSION`).
+    pub parent_image: String,
+    pub components: Vec<ComponentConfig>,
+    #[serde(default)]
+    pub working_directory: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub additional_instance_configuration: Option<serde_json::Value>,
+    #[serde(default)]
+    pub block_device_mappings: Option<serde_json::Value>,
+    /// kiln extension: packages added to (`include`) or left out of (`exclude`) a bootstrapped
+    /// Debian parent.
+    #[serde(default)]
+    pub packages: Option<PackageSet>,
+    /// kiln extension: the Debian mirror for a bootstrapped parent.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// kiln extension: the disk layout (sizes and separate partitions).
+    #[serde(default)]
+    pub disk_layout: Option<DiskLayoutSpec>,
+    /// kiln extension: words added to the kernel command line.
+    #[serde(default)]
+    pub kernel_command_line: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageSet {
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// A recipe's reference to a component, with parameter values.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// A component ARN (`arn:aws:imagebuilder:REGION:ACCOUNT:component/NAME/VERSION`), or
+    /// `NAME/VERSION` (`x` wildcards allowed in both), or a path to a document file.
+    pub component_arn: String,
+    #[serde(default)]
+    pub parameters: Vec<ComponentParameter>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComponentParameter {
+    pub name: String,
+    /// Image Builder gives parameter values as a list of strings; kiln joins several with `,`.
+    #[serde(deserialize_with = "strings_or_string")]
+    pub value: Vec<String>,
+}
+
+/// kiln extension: disk sizes in MiB; absent sizes are computed from content with headroom.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskLayoutSpec {
+    #[serde(default)]
+    pub root_size_mib: Option<u64>,
+    #[serde(default)]
+    pub esp_size_mib: Option<u64>,
+    #[serde(default)]
+    pub root_mount_options: Vec<String>,
+    #[serde(default)]
+    pub partitions: Vec<PartitionSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartitionSpec {
+    pub mount_point: String,
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+    #[serde(default)]
+    pub mount_options: Vec<String>,
+}
+
+/// Where and how builds and tests run.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InfrastructureConfiguration {
+    #[serde(default = "local_name")]
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Required by the AWS model; accepted and recorded.
+    #[serde(default)]
+    pub instance_profile_name: Option<String>,
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+    #[serde(default)]
+    pub terminate_instance_on_failure: Option<bool>,
+    #[serde(default)]
+    pub sns_topic_arn: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resource_tags: BTreeMap<String, String>,
+    /// kiln extension: network for build steps: `none` (default) or `host`.
+    #[serde(default)]
+    pub network: NetworkPolicy,
+    /// kiln extension: CPUs of the test instance.
+    #[serde(default = "two")]
+    pub cpus: u32,
+    /// kiln extension: memory of the test instance, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// kiln extension: how long the test instance may take to boot, seconds.
+    #[serde(default = "default_test_timeout")]
+    pub test_timeout_seconds: u64,
+}
+
+impl Default for InfrastructureConfiguration {
+    fn default() -> Self {
+        InfrastructureConfiguration {
+            name: local_name(),
+            description: None,
+            instance_profile_name: None,
+            instance_types: Vec::new(),
+            terminate_instance_on_failure: None,
+            sns_topic_arn: None,
+            tags: BTreeMap::new(),
+            resource_tags: BTreeMap::new(),
+            network: NetworkPolicy::None,
+            cpus: two(),
+            memory_mib: default_memory(),
+            test_timeout_seconds: default_test_timeout(),
+        }
+    }
+}
+
+fn local_name() -> String {
+    "local".to_string()
+}
+fn two() -> u32 {
+    2
+}
+fn default_memory() -> u32 {
+    1024
+}
+fn default_test_timeout() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkPolicy {
+    #[default]
+    None,
+    Host,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DistributionConfiguration {
+    #[serde(default = "local_name")]
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "default_distributions")]
+    pub distributions: Vec<Distribution>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Default for DistributionConfiguration {
+    fn default() -> Self {
+        DistributionConfiguration {
+            name: local_name(),
+            description: None,
+            distributions: default_distributions(),
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_distributions() -> Vec<Distribution> {
+    vec![Distribution {
+        region: crate::LOCAL_REGION.to_string(),
+        formats: default_formats(),
+        store_url: None,
+        kms_key_id: None,
+        ami_distribution_configuration: None,
+    }]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Distribution {
+    pub region: String,
+    /// kiln extension: disk formats wanted in this region.
+    #[serde(default = "default_formats")]
+    pub formats: Vec<String>,
+    /// kiln extension: the store backing the region (`file:///...`, `s3://...`).
+    #[serde(default)]
+    pub store_url: Option<String>,
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    #[serde(default)]
+    pub ami_distribution_configuration: Option<serde_json::Value>,
+}
+
+fn default_formats() -> Vec<String> {
+    vec!["qcow2".to_string()]
+}
+
+fn strings_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        // Tried in order: a list first, so a list is not taken as one value.
+        Many(Vec<serde_json::Value>),
+        One(serde_json::Value),
+    }
+    let text = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        other => Err(serde::de::Error::custom(format!("a parameter value must be text, found {other}"))),
+    };
+    match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(items) => items.into_iter().map(text).collect(),
+        OneOrMany::One(v) => Ok(vec![text(v)?]),
+    }
+}
+
+/// Read and check a resource file. Every problem is a [`Diagnostic`] with `FILE:LINE:COLUMN`.
+pub fn load_resource_file(path: &Path) -> Result<ResourceFile, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic::new(&name, Span::default(), format!("cannot read the resource file: {e}"))]
+    })?;
+    parse_resource_file(&name, &text)
+}
+
+/// Parse and check resource-file text named `file`.
+pub fn parse_resource_file(file: &str, text: &str) -> Result<ResourceFile, Vec<Diagnostic>> {
+    let root = kiln_component::yaml::parse(file, text)?;
+    if root.as_map().is_none() {
+        return Err(vec![Diagnostic::new(
+            file,
+            root.span,
+            "a resource file is a map with `imageRecipe` and optionally `components`, \
+             `infrastructureConfiguration`, `distributionConfiguration`",
+        )]);
+    }
+    let json = typed_json(&root);
+    let parsed: ResourceFile = serde_path_to_error::deserialize(json).map_err(|e| {
+        let message = e.inner().to_string();
+        let mut span = span_of(&root, e.path());
+        let mut hint = None;
+        if let Some(key) = unknown_field(&message) {
+            // The path ends at the unknown key: point at the key, and suggest the near name.
+            let segments: Vec<_> = e.path().iter().collect();
+            let parent = segments.split_last().and_then(|(_, init)| node_at(&root, init.iter().copied()));
+            if let Some((k, _)) = parent.and_then(|p| p.entry(key)) {
+                span = k.span;
+            }
+            let expected = message.split_once("expected").map(|(_, list)| list).unwrap_or_default();
+            let names = expected.split('`').skip(1).step_by(2);
+            hint = kiln_component::diag::suggest(key, names).map(|s| format!("did you mean `{s}`?"));
+        } else if message.starts_with("missing field") {
+            hint = Some("add the field; see examples/ for complete resource files".to_string());
+        }
+        let mut d = Diagnostic::new(file, span, format!("{}: {message}", display_path(e.path())));
+        d.hint = hint;
+        vec![d]
+    })?;
+    let diags = check(file, &root, &parsed);
+    if diags.is_empty() { Ok(parsed) } else { Err(diags) }
+}
+
+/// Semantic checks serde cannot make.
+fn check(file: &str, root: &Node, r: &ResourceFile) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let at = |path: &[PathSeg]| {
+        let mut node = root;
+        for seg in path {
+            let next = match seg {
+                PathSeg::Key(k) => node.get(k),
+                PathSeg::Index(i) => node.as_seq().and_then(|s| s.get(*i)),
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        node.span
+    };
+    use PathSeg::{Index, Key};
+    if let Err(e) = SemVer::parse(&r.image_recipe.semantic_version) {
+        diags.push(Diagnostic::new(file, at(&[Key("imageRecipe"), Key("semanticVersion")]), e.to_string()));
+    }
+    if r.image_recipe.components.is_empty() {
+        diags.push(Diagnostic::new(
+            file,
+            at(&[Key("imageRecipe"), Key("components")]),
+            "an image recipe needs at least one component",
+        ));
+    }
+    for (i, c) in r.components.iter().enumerate() {
+        if let Err(e) = SemVer::parse(&c.semantic_version) {
+            diags.push(Diagnostic::new(
+                file,
+                at(&[Key("components"), Index(i), Key("semanticVersion")]),
+                e.to_string(),
+            ));
+        }
+        if c.data.is_some() == c.uri.is_some() {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    at(&[Key("components"), Index(i)]),
+                    format!(
+                        "component `{}` needs exactly one of `data` (the document inline) and `uri`",
+                        c.name
+                    ),
+                )
+                .with_hint("`uri: components/my.yml` is relative to this file"),
+            );
+        }
+        if !c.platform.eq_ignore_ascii_case("linux") {
+            diags.push(Diagnostic::new(
+                file,
+                at(&[Key("components"), Index(i), Key("platform")]),
+                format!("platform `{}` is not supported: kiln builds Linux images", c.platform),
+            ));
+        }
+        let dup =
+            r.components[..i].iter().any(|o| o.name == c.name && o.semantic_version == c.semantic_version);
+        if dup {
+            diags.push(Diagnostic::new(
+                file,
+                at(&[Key("components"), Index(i)]),
+                format!("component `{}` version {} is defined twice", c.name, c.semantic_version),
+            ));
+        }
+    }
+    for (i, c) in r.image_recipe.components.iter().enumerate() {
+        if let Some((_, version)) = c.component_arn.rsplit_once('/')
+            && !c.component_arn.contains(".yml")
+            && !c.component_arn.contains(".yaml")
+            && let Err(e) = VersionFilter::parse(version)
+        {
+            diags.push(Diagnostic::new(
+                file,
+                at(&[Key("imageRecipe"), Key("components"), Index(i), Key("componentArn")]),
+                e.to_string(),
+            ));
+        }
+    }
+    for (i, d) in r.distribution_configuration.distributions.iter().enumerate() {
+        for (j, f) in d.formats.iter().enumerate() {
+            if !FORMATS.contains(&f.as_str()) {
+                let mut diag = Diagnostic::new(
+                    file,
+                    at(&[
+                        Key("distributionConfiguration"),
+                        Key("distributions"),
+                        Index(i),
+                        Key("formats"),
+                        Index(j),
+                    ]),
+                    format!("unknown output format `{f}`: kiln writes {}", FORMATS.join(", ")),
+                );
+                if let Some(s) = kiln_component::diag::suggest(f, FORMATS.iter().copied()) {
+                    diag = diag.with_hint(format!("did you mean `{s}`?"));
+                }
+                diags.push(diag);
+            }
+        }
+    }
+    if let Some(layout) = &r.image_recipe.disk_layout {
+        for (i, p) in layout.partitions.iter().enumerate() {
+            let span =
+                at(&[Key("imageRecipe"), Key("diskLayout"), Key("partitions"), Index(i), Key("mountPoint")]);
+            if !p.mount_point.starts_with('/') || p.mount_point == "/" || p.mount_point.contains("..") {
+                diags.push(Diagnostic::new(
+                    file,
+                    span,
+                    format!(
+                        "mount point `{}` must be an absolute path below / (such as /var/log)",
+                        p.mount_point
+                    ),
+                ));
+            }
+            if layout.partitions[..i]
+                .iter()
+                .any(|o| o.mount_point.trim_end_matches('/') == p.mount_point.trim_end_matches('/'))
+            {
+                diags.push(Diagnostic::new(
+                    file,
+                    span,
+                    format!("mount point `{}` is given twice", p.mount_point),
+                ));
+            }
+        }
+    }
+    diags.sort_by_key(|d| (d.line, d.column));
+    diags
+}
+
+enum PathSeg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The YAML tree as JSON for serde: plain `true`/`false` become booleans and plain whole
+/// numbers become numbers, so typed fields (`memoryMib: 2048`) read naturally; everything else,
+/// and everything quoted, stays text (`semanticVersion: 1.0.0`, `value: '5'`).
+fn typed_json(node: &Node) -> serde_json::Value {
+    match &node.kind {
+        NodeKind::Null => serde_json::Value::Null,
+        NodeKind::Scalar(s, ScalarStyle::Plain) => match s.as_str() {
+            "true" => serde_json::Value::Bool(true),
+            "false" => serde_json::Value::Bool(false),
+            _ => match s.parse::<i64>() {
+                Ok(n) if !(s.len() > 1 && s.starts_with('0')) => serde_json::Value::Number(n.into()),
+                _ => serde_json::Value::String(s.clone()),
+            },
+        },
+        NodeKind::Scalar(s, _) => serde_json::Value::String(s.clone()),
+        NodeKind::Seq(items) => serde_json::Value::Array(items.iter().map(typed_json).collect()),
+        NodeKind::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), typed_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn node_at<'a, 'p>(
+    root: &'a Node,
+    path: impl IntoIterator<Item = &'p serde_path_to_error::Segment>,
+) -> Option<&'a Node> {
+    let mut node = root;
+    for seg in path {
+        node = match seg {
+            serde_path_to_error::Segment::Map { key } => node.get(key)?,
+            serde_path_to_error::Segment::Seq { index } => node.as_seq()?.get(*index)?,
+            _ => return Some(node),
+        };
+    }
+    Some(node)
+}
+
+/// The span of the deepest node the path reaches.
+fn span_of(root: &Node, path: &serde_path_to_error::Path) -> Span {
+    let mut node = root;
+    for seg in path.iter() {
+        let next = match seg {
+            serde_path_to_error::Segment::Map { key } => node.get(key),
+            serde_path_to_error::Segment::Seq { index } => node.as_seq().and_then(|s| s.get(*index)),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => break,
+        }
+    }
+    node.span
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(k, _)| k)
+}
+
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    let text = path.to_string();
+    if text == "." { "the resource file".to_string() } else { format!("`{text}`") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+components:
+  - name: hello
+    semanticVersion: 1.0.0
+    data: |
+      name: hello
+      schemaVersion: 1.0
+      phases:
+        - name: build
+          steps:
+            - name: Hi
+              action: ExecuteBash
+              inputs:
+                commands: ["echo hi"]
+imageRecipe:
+  name: minimal
+  semanticVersion: 1.2.3
+  parentImage: debian-12-x86
+  components:
+    - componentArn: hello/1.x.x
+      parameters:
+        - name: Greeting
+          value: ["hi", 5]
+infrastructureConfiguration:
+  name: local
+  instanceProfileName: kiln
+  memoryMib: 2048
+distributionConfiguration:
+  name: local
+  distributions:
+    - region: local
+      formats: [qcow2, raw]
+"#;
+
+    #[test]
+    fn reads_a_complete_file_with_defaults() {
+        let r = parse_resource_file("r.yml", GOOD).unwrap();
+        assert_eq!(r.image_recipe.components[0].parameters[0].value, ["hi", "5"]);
+        assert_eq!(r.infrastructure_configuration.memory_mib, 2048);
+        assert_eq!(r.infrastructure_configuration.network, NetworkPolicy::None);
+        assert_eq!(r.distribution_configuration.distributions[0].formats, ["qcow2", "raw"]);
+        assert_eq!(r.components[0].platform, "Linux");
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse_resource_file("r.yml", text).unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn errors_point_at_the_offending_key() {
+        let bad = GOOD.replace("  instanceProfileName: kiln", "  instanceProfilName: kiln");
+        let e = errors(&bad);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("r.yml:26:3: `infrastructureConfiguration.instanceProfilName`: unknown field `instanceProfilName`"),
+            "{e:?}"
+        );
+        assert!(e[0].ends_with("(did you mean `instanceProfileName`?)"), "{e:?}");
+        let e = errors(&GOOD.replace("semanticVersion: 1.2.3", "semanticVersion: 1.2"));
+        assert!(e[0].starts_with("r.yml:17:20: `1.2` is not a semantic version"), "{e:?}");
+        let e = errors(&GOOD.replace("formats: [qcow2, raw]", "formats: [qcow2, rwa]"));
+        assert!(
+            e[0].contains("unknown output format `rwa`") && e[0].contains("did you mean `raw`?"),
+            "{e:?}"
+        );
+        let e = errors(&GOOD.replace("componentArn: hello/1.x.x", "componentArn: hello/1.x.3"));
+        assert!(e[0].contains("`x` may only follow fixed parts"), "{e:?}");
+        let e = errors(&GOOD.replace("  parentImage: debian-12-x86\n", ""));
+        assert!(e[0].contains("missing field `parentImage`"), "{e:?}");
+        let e = errors("- just\n- a list\n");
+        assert!(e[0].contains("is a map with `imageRecipe`"), "{e:?}");
+    }
+
+    #[test]
+    fn overlapping_mount_points_and_bad_components_are_refused() {
+        let text = GOOD.replace(
+            "  parentImage: debian-12-x86\n",
+            "  parentImage: debian-12-x86\n  diskLayout:\n    partitions:\n      - mountPoint: /var/log\n      - mountPoint: /var/log/\n      - mountPoint: var\n",
+        );
+        let e = errors(&text);
+        assert!(e.iter().any(|d| d.contains("`/var/log/` is given twice")), "{e:?}");
+        assert!(e.iter().any(|d| d.contains("`var` must be an absolute path")), "{e:?}");
+        let e = errors(&GOOD.replace("    data: |", "    uri: x.yml\n    data: |"));
+        assert!(e[0].contains("exactly one of `data`"), "{e:?}");
+    }
+}
