@@ -67,6 +67,12 @@ fn ok(out: &Output) {
 
 /// A resource file with two quick components; `a` and `b` are their parameter values.
 fn two_components(dir: &Path, name: &str, a: &str, b: &str, b_fails: bool) -> PathBuf {
+    two_components_v(dir, name, a, b, b_fails, "1.0.0")
+}
+
+/// The same, with the second component at `b_version` (component versions are immutable: a
+/// changed document needs a new version).
+fn two_components_v(dir: &Path, name: &str, a: &str, b: &str, b_fails: bool, b_version: &str) -> PathBuf {
     let fail = if b_fails { "exit 3" } else { "true" };
     let file = dir.join(format!("{name}.yml"));
     std::fs::write(
@@ -90,7 +96,7 @@ fn two_components(dir: &Path, name: &str, a: &str, b: &str, b_fails: bool) -> Pa
                 - path: /etc/kiln-a
                   content: "{{{{ Value }}}}"
   - name: write-b
-    semanticVersion: 1.0.0
+    semanticVersion: {b_version}
     data: |
       name: write-b
       schemaVersion: 1.0
@@ -263,7 +269,13 @@ fn a_failing_step_fails_the_image_and_the_fixed_rerun_resumes_from_the_last_good
         .filter(|e| e.file_name().to_string_lossy().starts_with("failed-"))
         .collect();
     assert!(!kept.is_empty(), "--on-error keep keeps the failed layer");
-    let fixed = two_components(dir.path(), "resume", "alpha", "beta", false);
+    // The same document again is refused (component versions are immutable)...
+    let same_version = two_components(dir.path(), "resume", "alpha", "beta", false);
+    let (out, o) = home.build(&same_version, &["--no-test"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(o["error"].as_str().unwrap().contains("immutable"), "{o}");
+    // ...and the fixed document as a new version resumes after the last good layer.
+    let fixed = two_components_v(dir.path(), "resume", "alpha", "beta", false, "1.0.1");
     let (out, o) = home.build(&fixed, &["--no-test"]);
     ok(&out);
     assert_eq!(o["outcome"]["layersReused"].as_u64(), Some(1), "the good layer is reused: {o}");
