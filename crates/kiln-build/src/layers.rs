@@ -42,8 +42,18 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
+    /// Open the cache, removing the scratch areas of builds that were killed (their
+    /// `tmp-KEY-PID` directories whose process is gone).
     pub fn open(dir: &Path) -> std::io::Result<LayerCache> {
         fs::create_dir_all(dir)?;
+        for entry in fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("tmp-").and_then(|r| r.rsplit('-').next()) else { continue };
+            let Ok(pid) = pid.parse::<u32>() else { continue };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                remove_tree(&entry.path())?;
+            }
+        }
         Ok(LayerCache { dir: dir.to_path_buf() })
     }
 
@@ -230,6 +240,11 @@ mod tests {
         let root = s.root.clone();
         drop(s);
         assert!(!root.exists() && cache.get("k2").is_none(), "an abandoned layer leaves nothing");
+        // A scratch area of a process that is gone is removed when the cache is opened.
+        let stale = dir.path().join("tmp-k4-999999999");
+        fs::create_dir_all(stale.join("upper")).unwrap();
+        let cache = LayerCache::open(dir.path()).unwrap();
+        assert!(!stale.exists());
         let s = cache.scratch("k3").unwrap();
         let kept = s.keep_failed().unwrap();
         assert!(kept.ends_with("failed-k3") && kept.is_dir());

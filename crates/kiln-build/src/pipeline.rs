@@ -112,6 +112,10 @@ impl Kiln {
         let dir = cache_root.join("layers");
         let layers =
             LayerCache::open(&dir).map_err(|e| BuildError::io("opening the layer cache", &dir, e))?;
+        let staged = kiln_image::remove_stale_staging(&home.join("images"));
+        if staged > 0 {
+            tracing::info!("removed {staged} staging folder(s) left by killed builds");
+        }
         Ok(Kiln { home: home.to_path_buf(), store, rt, layers, cache_root })
     }
 

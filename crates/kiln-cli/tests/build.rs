@@ -414,3 +414,85 @@ fn two_no_cache_builds_with_one_source_date_epoch_give_identical_raw_disks() {
     }
     assert_eq!(digests[0], digests[1], "the raw disks differ");
 }
+
+#[test]
+fn a_killed_build_leaves_nothing_running_or_mounted_and_the_next_build_works() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let text_ =
+        std::fs::read_to_string(two_components(dir.path(), "killed", "a", "b", false)).unwrap().replace(
+            r#"echo "{{ Value }}" > /etc/kiln-b"#,
+            r#"echo "{{ Value }}" > /etc/kiln-b; touch /etc/kiln-started; sleep 61.7"#,
+        );
+    let file = dir.path().join("killed.yml");
+    std::fs::write(&file, text_).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-f", file.to_str().unwrap(), "--no-test"])
+        .env("KILN_HOME", home.dir.path())
+        .env("KILN_CACHE_DIR", shared_cache())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the slow step runs (its marker appears in a scratch layer), then kill kiln.
+    let layers = shared_cache().join("layers");
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let started = || {
+        std::fs::read_dir(&layers).into_iter().flatten().flatten().any(|e| {
+            e.file_name().to_string_lossy().ends_with(&format!("-{pid}"))
+                && e.path().join("upper/etc/kiln-started").exists()
+        })
+    };
+    while !started() {
+        assert!(std::time::Instant::now() < deadline, "the step never started");
+        assert!(child.try_wait().unwrap().is_none(), "kiln ended before the step ran");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let procs = Command::new("pgrep").args(["-f", "sleep 61.7"]).output().unwrap();
+    assert!(procs.stdout.is_empty(), "the step's processes outlived kiln: {}", text(&procs.stdout));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cache = shared_cache().display().to_string();
+    assert!(!mounts.lines().any(|l| l.contains(&cache)), "mounts were left behind");
+    // The next build works, and clears the killed build's scratch layer.
+    let fixed = two_components_v(dir.path(), "killed", "a", "b", false, "1.0.1");
+    let (out, _) = home.build(&fixed, &["--no-test"]);
+    ok(&out);
+    let left = std::fs::read_dir(&layers)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(&format!("-{pid}")));
+    assert!(!left, "the killed build's scratch layer is still there");
+}
+
+#[test]
+fn on_error_shell_opens_a_shell_in_the_failed_step_state() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = two_components(dir.path(), "shell", "a", "written-before-failing", true);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-f", broken.to_str().unwrap(), "--no-test", "--on-error", "shell"])
+        .env("KILN_HOME", home.dir.path())
+        .env("KILN_CACHE_DIR", shared_cache())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"echo \"in-shell: $(cat /etc/kiln-b)\"\nexit\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "the build still fails: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("in-shell: written-before-failing"),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

@@ -556,8 +556,9 @@ pub fn stage(source: &TreeSource, layout: &DiskLayout, options: &AssembleOptions
         Some(d) => d.clone(),
         None => default_staging(content).unwrap_or_else(|| options.output_dir.clone()),
     };
+    // The PID in the name lets a later run remove what a killed one left ([`remove_stale_staging`]).
     let work = tempfile::Builder::new()
-        .prefix(".kiln-assemble-")
+        .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
         .tempdir_in(&staging_base)
         .map_err(|e| ImageError::io("creating a staging directory in", &staging_base, e))?;
     // The tree, unsplit: the view callers inspect, split by renames at assembly.
@@ -610,6 +611,29 @@ pub fn stage(source: &TreeSource, layout: &DiskLayout, options: &AssembleOptions
         parts,
         timings,
     })
+}
+
+const STAGING_PREFIX: &str = ".kiln-assemble-";
+
+/// Remove staging directories in `dir` (and /dev/shm) left by processes that no longer run, such
+/// as a build killed during assembly; staging of live processes is left alone. Returns how many
+/// were removed.
+pub fn remove_stale_staging(dir: &Path) -> usize {
+    let mut removed = 0;
+    for base in [dir, Path::new("/dev/shm")] {
+        let Ok(entries) = fs::read_dir(base) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(STAGING_PREFIX) else { continue };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if !alive && is_dir && fs::remove_dir_all(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// /dev/shm if it is a tmpfs that can take `content` with a quarter to spare and the machine
