@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# kiln's main job on a fresh machine: installs what it needs, builds kiln, bootstraps a Debian
-# root, and runs an example component document into it (build and validate phases), writing
-# a JSON report. Until `kiln build` exists this is the end-to-end path.
+# kiln's main job on a fresh machine: install what it needs, build kiln, and build the minimal
+# Debian 12 example into a bootable, tested, catalogued image:
+#   bootstrap (mmdebstrap, cached) -> component layers in the sandbox -> validate ->
+#   golden-image cleanup -> disk assembly (qcow2, raw) -> SBOMs -> boot test in QEMU.
+# State, caches and image folders go to KILN_HOME (default ~/.local/share/kiln).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,14 +14,8 @@ scripts/install-deps.sh
 say "building kiln (cargo build --release)"
 cargo build --release --locked -p kiln-cli
 
-tar=$(scripts/debian-root.sh test)
-out=${1:-out/main-job}
-rm -rf "$out" && mkdir -p "$out/root"
-say "unpacking the Debian root into $out/root"
-tar -C "$out/root" -xf "$tar"
-
-say "running examples/components/motd-and-admins.yml into $out/root"
-./target/release/kiln component run examples/components/motd-and-admins.yml \
-  --root "$out/root" --phases build,validate --param Banner="Authorised use only. Built by kiln." \
-  --report "$out/report.json"
-say "done: report in $out/report.json, step logs in $out/logs"
+out=${1:-out/minimal}
+say "building examples/minimal/minimal.yml into $out"
+./target/release/kiln build -f examples/minimal/minimal.yml --out "$out"
+say "done: $out holds the disks, manifest.json, SHA256SUMS, SBOMs and build-log.jsonl"
+./target/release/kiln image list

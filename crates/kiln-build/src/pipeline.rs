@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln_component::document::{PhaseName, parse_document};
 use kiln_component::engine::{Event, Observer};
-use kiln_model::{Arn, ComponentConfig, ResourceFile, VersionFilter};
+use kiln_model::{Arn, ComponentConfig, ResourceFile, SemVer, VersionFilter};
 use kiln_sandbox::Network;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -184,10 +184,8 @@ impl Kiln {
         let file = kiln_model::load_resource_file(&req.resource_file).map_err(BuildError::Invalid)?;
         let base_dir = req.resource_file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let recipe = &file.image_recipe;
-        let version: kiln_store::Version = recipe
-            .semantic_version
-            .parse()
-            .map_err(|e: kiln_store::StoreError| BuildError::Component(e.to_string()))?;
+        let version =
+            SemVer::parse(&recipe.semantic_version).map_err(|e| BuildError::Component(e.to_string()))?;
         let image = self
             .block_on(self.store.create_image(&kiln_store::NewImage {
                 name: recipe.name.clone(),
@@ -268,10 +266,8 @@ impl Kiln {
                 diags.extend(d);
                 continue;
             }
-            let version: kiln_store::Version = c
-                .semantic_version
-                .parse()
-                .map_err(|e: kiln_store::StoreError| BuildError::Component(e.to_string()))?;
+            let version =
+                SemVer::parse(&c.semantic_version).map_err(|e| BuildError::Component(e.to_string()))?;
             self.block_on(self.store.ensure_component(&kiln_store::NewComponent {
                 name: c.name.clone(),
                 version,
@@ -340,10 +336,7 @@ impl Kiln {
                 None => (reference.to_string(), "x.x.x".to_string()),
             },
         };
-        // Checked with kiln-model's rules, resolved with the catalogue's.
-        VersionFilter::parse(&filter).map_err(|e| BuildError::Component(e.to_string()))?;
-        let filter: kiln_store::VersionFilter =
-            filter.parse().map_err(|e: kiln_store::StoreError| BuildError::Component(e.to_string()))?;
+        let filter = VersionFilter::parse(&filter).map_err(|e| BuildError::Component(e.to_string()))?;
         let component = self
             .block_on(self.store.resolve_component(&name, &filter))
             .map_err(|e| BuildError::Component(format!("component {name}/{filter}: {e}")))?;
@@ -851,8 +844,7 @@ impl BuildCtx<'_> {
                 Ok((vec![key], json!({ "kind": "import", "path": path, "sha256": digest, "import": info })))
             }
             kiln_parent::ParentRef::KilnImage { name, version } => {
-                let filter: kiln_store::VersionFilter =
-                    version.parse().map_err(|e: kiln_store::StoreError| BuildError::Parent(e.to_string()))?;
+                let filter = VersionFilter::parse(version).map_err(|e| BuildError::Parent(e.to_string()))?;
                 let images = self
                     .kiln
                     .block_on(self.kiln.store.list_images(&kiln_store::ImageFilter {

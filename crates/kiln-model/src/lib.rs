@@ -18,7 +18,7 @@ pub use resource::{
     DistributionConfiguration, ImageRecipe, InfrastructureConfiguration, NetworkPolicy, PartitionSpec,
     ResourceFile, load_resource_file, parse_resource_file,
 };
-pub use version::{SemVer, VersionFilter};
+pub use version::{MAX_VERSION_PART, SemVer, VersionError, VersionFilter};
 
 /// The account that owns kiln's built-in resources (managed parent images, built-in components).
 pub const KILN_ACCOUNT: &str = "kiln";

@@ -221,12 +221,12 @@ impl Store {
     /// `x.x.x`). No match is [`StoreError::ComponentNotFound`], listing the versions that
     /// exist; a recipe that references such a version cannot be built.
     pub async fn resolve_component(&self, name: &str, filter: &VersionFilter) -> Result<Component> {
-        if let VersionFilter::Exact(v) = filter {
-            return self.get_component(name, v).await;
+        if let Some(v) = filter.exact() {
+            return self.get_component(name, &v).await;
         }
         let available = self.component_versions(name).await?;
-        match available.iter().rev().find(|v| filter.matches(v)) {
-            Some(v) => self.get_component(name, v).await,
+        match filter.best(&available) {
+            Some(v) => self.get_component(name, &v).await,
             None => Err(StoreError::ComponentNotFound {
                 name: name.to_owned(),
                 filter: filter.to_string(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::images::ImageState;
-use crate::version::Version;
+use crate::{Version, VersionError};
 
 /// What went wrong in a store operation.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +66,9 @@ pub enum StoreError {
 
     /// A version filter is not one of Image Builder's forms.
     #[error(
-        "invalid version filter {input:?}: use an exact version (1.2.3) or a wildcard (1.2.x, 1.x.x or x.x.x)"
+        "invalid version filter {input:?}: {reason}; use an exact version (1.2.3) or a wildcard (1.2.x, 1.x.x or x.x.x)"
     )]
-    InvalidVersionFilter { input: String },
+    InvalidVersionFilter { input: String, reason: String },
 
     /// A component with this name and version exists already.
     #[error(
@@ -133,6 +133,18 @@ pub enum StoreError {
     LayerNotFound { key: String },
 }
 
+impl From<VersionError> for StoreError {
+    /// A version or filter given to the store that does not parse (user input); text read
+    /// back from the database maps to [`StoreError::Corrupt`] instead.
+    fn from(e: VersionError) -> StoreError {
+        let (input, reason) = (e.text().to_owned(), e.reason().to_owned());
+        match e {
+            VersionError::Version { .. } => StoreError::InvalidVersion { input, reason },
+            VersionError::Filter { .. } => StoreError::InvalidVersionFilter { input, reason },
+        }
+    }
+}
+
 fn component_not_found(name: &str, filter: &str, available: &[Version]) -> String {
     if available.is_empty() {
         format!("component {name} not found (no version of it exists); create it first, or check the name")
@@ -164,3 +176,19 @@ pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 
 /// Shorthand for this crate's results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::VersionFilter;
+
+    #[test]
+    fn version_errors_map_to_the_store_variants() {
+        let e: StoreError = "1.2".parse::<Version>().unwrap_err().into();
+        assert!(matches!(&e, StoreError::InvalidVersion { input, .. } if input == "1.2"), "{e:?}");
+        assert!(e.to_string().contains("it has 2 parts, not 3"), "{e}");
+        let e: StoreError = "1.x.3".parse::<VersionFilter>().unwrap_err().into();
+        assert!(matches!(&e, StoreError::InvalidVersionFilter { input, .. } if input == "1.x.3"), "{e:?}");
+        assert!(e.to_string().contains("`x` may only follow fixed parts"), "{e}");
+    }
+}

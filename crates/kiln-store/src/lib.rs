@@ -22,7 +22,6 @@ mod images;
 mod jobs;
 mod layers;
 mod recipes;
-mod version;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,9 +36,11 @@ pub use components::{Component, ComponentSource, NewComponent};
 pub use error::{Result, StoreError};
 pub use images::{Image, ImageFilter, ImageState, NewImage, StateChange, image_arn};
 pub use jobs::{DEFAULT_MAX_ATTEMPTS, Job, JobState, NewJob};
+/// Versions and filters are kiln-model's (one implementation of Image Builder's rules);
+/// the catalogue calls a [`kiln_model::SemVer`] a `Version`.
+pub use kiln_model::version::{MAX_VERSION_PART, SemVer as Version, VersionError, VersionFilter};
 pub use layers::Layer;
 pub use recipes::{NewRecipe, Recipe};
-pub use version::{MAX_VERSION_PART, Version, VersionFilter};
 
 /// Resource tags: key → value, kept sorted.
 pub type Tags = BTreeMap<String, String>;
@@ -226,7 +227,7 @@ pub(crate) fn json_from_text(s: &str, what: &str, field: &str) -> Result<serde_j
 }
 
 pub(crate) fn version_from_row(s: &str, what: &str) -> Result<Version> {
-    s.parse().map_err(|e: StoreError| StoreError::Corrupt { what: what.to_owned(), detail: e.to_string() })
+    Version::parse(s).map_err(|e| StoreError::Corrupt { what: what.to_owned(), detail: e.to_string() })
 }
 
 /// Whether a database error is a unique-constraint violation (an "already exists").

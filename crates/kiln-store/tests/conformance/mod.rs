@@ -164,7 +164,7 @@ pub async fn component_resolve_no_match_lists_versions(store: &Store) {
         let msg = err.to_string();
         assert!(msg.contains("1.0.0, 1.2.0") && msg.contains(filter), "{msg}");
     }
-    let err = store.resolve_component("nope", &VersionFilter::Any).await.unwrap_err();
+    let err = store.resolve_component("nope", &VersionFilter::ANY).await.unwrap_err();
     assert!(matches!(&err, StoreError::ComponentNotFound { available, .. } if available.is_empty()));
     assert!(err.to_string().contains("no version of it exists"), "{err}");
 }
