@@ -450,6 +450,18 @@ impl BuildCtx<'_> {
             .map_err(|e| BuildError::Store(e.to_string()))
     }
 
+    /// Where a layer with content key `key` is kept. `--no-cache` builds every layer afresh
+    /// under a key of its own (salted with this build's ARN), so it never replaces a cached
+    /// layer that another build may be using as a lower layer right now; the content keys
+    /// (which chain the layers and seed the disk's identifiers) stay the same.
+    fn stored(&self, key: &str) -> String {
+        if self.req.no_cache {
+            layers::key(&[("fresh-build", self.arn), ("layer", key)])
+        } else {
+            key.to_string()
+        }
+    }
+
     /// What every step sees besides the sandbox's base environment: the clamp for
     /// timestamps, which tools such as useradd and dpkg honour.
     fn env(&self) -> Vec<(String, String)> {
@@ -485,9 +497,9 @@ impl BuildCtx<'_> {
         let step_logs = self.out_dir.join("logs");
 
         // Parent image: the base layer.
-        let (base_keys, parent_info) = self.stage("parent", || self.base_layers())?;
+        let (base_keys, base_stored, parent_info) = self.stage("parent", || self.base_layers())?;
         let mut stack = Vec::new();
-        for k in &base_keys {
+        for k in &base_stored {
             stack.push(
                 cache.get(k).ok_or_else(|| {
                     BuildError::Parent(format!("parent layer {k} is missing from the cache"))
@@ -495,6 +507,7 @@ impl BuildCtx<'_> {
             );
         }
         let mut keys = base_keys.clone();
+        let mut stored_keys = base_stored.clone();
         let mut reused = 0usize;
         let mut built = 0usize;
         let working_dir = recipe.working_directory.clone().unwrap_or_else(|| "/root".to_string());
@@ -516,11 +529,12 @@ impl BuildCtx<'_> {
                 ("workingDirectory", &working_dir),
             ]);
             let label = format!("build {}/{}", c.name, c.version);
+            let skey = self.stored(&key);
             // A layer counts as cached only with the report of the run that made it.
-            let layer = match cache.get(&key).filter(|_| cache.report_path(&key).is_file()) {
-                Some(p) if !self.req.no_cache => {
+            let layer = match cache.get(&skey).filter(|_| cache.report_path(&skey).is_file()) {
+                Some(p) => {
                     reused += 1;
-                    let report = fs::read(cache.report_path(&key))
+                    let report = fs::read(cache.report_path(&skey))
                         .ok()
                         .and_then(|b| serde_json::from_slice::<kiln_component::report::RunReport>(&b).ok());
                     build_reports.extend(report.map(|r| r.documents).unwrap_or_default());
@@ -530,9 +544,9 @@ impl BuildCtx<'_> {
                 }
                 _ => self.stage(&label, || {
                     let _lock =
-                        cache.lock(&key).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
+                        cache.lock(&skey).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
                     let scratch =
-                        cache.scratch(&key).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
+                        cache.scratch(&skey).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
                     let target = Target {
                         layers: &stack,
                         upper: &scratch.upper,
@@ -552,16 +566,10 @@ impl BuildCtx<'_> {
                             message,
                         });
                     }
-                    if self.req.no_cache
-                        && let Some(old) = cache.get(&key)
-                    {
-                        layers::remove_tree(&old)
-                            .map_err(|e| BuildError::io("replacing a layer", &old, e))?;
-                    }
                     built += 1;
                     let layer =
                         scratch.commit().map_err(|e| BuildError::io("publishing a layer", cache.dir(), e))?;
-                    let report_path = cache.report_path(&key);
+                    let report_path = cache.report_path(&skey);
                     fs::write(&report_path, serde_json::to_vec(&report).unwrap_or_default())
                         .map_err(|e| BuildError::io("saving the layer's report", &report_path, e))?;
                     build_reports.extend(report.documents);
@@ -571,10 +579,11 @@ impl BuildCtx<'_> {
             component_records.push(json!({
                 "name": c.name, "version": c.version, "digest": c.digest,
                 "parameters": c.parameters.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
-                "layer": key,
+                "layer": skey,
             }));
             stack.push(layer);
             keys.push(key);
+            stored_keys.push(skey);
         }
 
         // Validate phase: on a throw-away layer, so validation cannot change the image.
@@ -621,14 +630,15 @@ impl BuildCtx<'_> {
             ("below", keys.last().map(String::as_str).unwrap_or_default()),
             ("cleanup", cleanup::SCRIPT),
         ]);
-        let cleanup_layer = match cache.get(&cleanup_key) {
-            Some(p) if !self.req.no_cache => p,
-            _ => self.stage("cleanup", || {
+        let cleanup_stored = self.stored(&cleanup_key);
+        let cleanup_layer = match cache.get(&cleanup_stored) {
+            Some(p) => p,
+            None => self.stage("cleanup", || {
                 let _lock = cache
-                    .lock(&cleanup_key)
+                    .lock(&cleanup_stored)
                     .map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
                 let scratch = cache
-                    .scratch(&cleanup_key)
+                    .scratch(&cleanup_stored)
                     .map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
                 let target = Target {
                     layers: &stack,
@@ -643,15 +653,13 @@ impl BuildCtx<'_> {
                     cleanup::whiteout_children(&lower, &scratch.upper, rel)
                         .map_err(|e| BuildError::io("hiding temporary files", &scratch.upper, e))?;
                 }
-                if let Some(old) = cache.get(&cleanup_key) {
-                    layers::remove_tree(&old).map_err(|e| BuildError::io("replacing a layer", &old, e))?;
-                }
                 scratch.commit().map_err(|e| BuildError::io("publishing a layer", cache.dir(), e))
             })?,
         };
         stack.push(cleanup_layer);
         keys.push(cleanup_key);
-        for k in &keys {
+        stored_keys.push(cleanup_stored);
+        for k in &stored_keys {
             let path = cache.dir().join(k);
             let _ = self.kiln.block_on(self.kiln.store.put_layer(
                 k,
@@ -739,9 +747,9 @@ impl BuildCtx<'_> {
             "recipe": self.file.image_recipe,
             "infrastructureConfiguration": self.file.infrastructure_configuration,
             "distributionConfiguration": self.file.distribution_configuration,
-            "parent": { "reference": recipe.parent_image, "layers": base_keys, "info": parent_info },
+            "parent": { "reference": recipe.parent_image, "layers": base_stored, "info": parent_info },
             "components": component_records,
-            "layers": keys,
+            "layers": stored_keys,
             "packages": packages,
             "artifacts": artifacts,
             "disk": disk,
@@ -783,23 +791,22 @@ impl BuildCtx<'_> {
     /// The layers for the parent image, bottom first: `(layer keys, what the parent is)`.
     /// A bootstrap or an import is one base layer; a kiln image is the layers it was built
     /// from (or, when those were pruned, an import of its disk).
-    fn base_layers(&self) -> Result<(Vec<String>, serde_json::Value), BuildError> {
+    /// Returns `(content keys, stored keys, what the parent is)`; see [`BuildCtx::stored`].
+    fn base_layers(&self) -> Result<(Vec<String>, Vec<String>, serde_json::Value), BuildError> {
         let cache = &self.kiln.layers;
         let recipe = &self.file.image_recipe;
         let into_layer = |key: &str, make: &dyn Fn(&Path) -> Result<serde_json::Value, BuildError>| {
-            if !self.req.no_cache && cache.get(key).is_some() {
+            let key = &self.stored(key);
+            if cache.get(key).is_some() {
                 return Ok(json!({ "cached": true }));
             }
             let _lock = cache.lock(key).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
-            if !self.req.no_cache && cache.get(key).is_some() {
+            if cache.get(key).is_some() {
                 // Another build made it while this one waited.
                 return Ok(json!({ "cached": true }));
             }
             let scratch = cache.scratch(key).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
             let info = make(&scratch.upper)?;
-            if let Some(old) = cache.get(key) {
-                layers::remove_tree(&old).map_err(|e| BuildError::io("replacing a layer", &old, e))?;
-            }
             scratch.commit().map_err(|e| BuildError::io("publishing a layer", cache.dir(), e))?;
             Ok(info)
         };
@@ -821,7 +828,11 @@ impl BuildCtx<'_> {
                         .map_err(|e| BuildError::Parent(e.to_string()))?;
                     Ok(serde_json::to_value(&info).unwrap_or_default())
                 })?;
-                Ok((vec![key], json!({ "kind": "bootstrap", "spec": spec, "bootstrap": info })))
+                Ok((
+                    vec![key.clone()],
+                    vec![self.stored(&key)],
+                    json!({ "kind": "bootstrap", "spec": spec, "bootstrap": info }),
+                ))
             }
             kiln_parent::ParentRef::Disk { path } | kiln_parent::ParentRef::Tarball { path } => {
                 let path = if path.is_absolute() {
@@ -841,7 +852,11 @@ impl BuildCtx<'_> {
                     .map_err(|e| BuildError::Parent(e.to_string()))?;
                     Ok(serde_json::to_value(&info).unwrap_or_default())
                 })?;
-                Ok((vec![key], json!({ "kind": "import", "path": path, "sha256": digest, "import": info })))
+                Ok((
+                    vec![key.clone()],
+                    vec![self.stored(&key)],
+                    json!({ "kind": "import", "path": path, "sha256": digest, "import": info }),
+                ))
             }
             kiln_parent::ParentRef::KilnImage { name, version } => {
                 let filter = VersionFilter::parse(version).map_err(|e| BuildError::Parent(e.to_string()))?;
@@ -869,7 +884,7 @@ impl BuildCtx<'_> {
                     .unwrap_or_default();
                 let info = json!({ "kind": "kiln-image", "arn": parent.arn });
                 if !keys.is_empty() && keys.iter().all(|k| cache.get(k).is_some()) {
-                    return Ok((keys, info));
+                    return Ok((keys.clone(), keys, info));
                 }
                 // The parent's layers were pruned: start from its disk instead.
                 let dir = PathBuf::from(parent.output_location.clone().unwrap_or_default());
@@ -888,7 +903,7 @@ impl BuildCtx<'_> {
                         .map_err(|e| BuildError::Parent(e.to_string()))?;
                     Ok(serde_json::to_value(&info).unwrap_or_default())
                 })?;
-                Ok((vec![key], info))
+                Ok((vec![key.clone()], vec![self.stored(&key)], info))
             }
         }
     }
