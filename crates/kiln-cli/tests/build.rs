@@ -65,6 +65,14 @@ fn ok(out: &Output) {
     );
 }
 
+fn nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("{}-{}", std::process::id(), t.as_nanos())
+    })
+}
+
 /// A resource file with two quick components; `a` and `b` are their parameter values.
 fn two_components(dir: &Path, name: &str, a: &str, b: &str, b_fails: bool) -> PathBuf {
     two_components_v(dir, name, a, b, b_fails, "1.0.0")
@@ -74,6 +82,9 @@ fn two_components(dir: &Path, name: &str, a: &str, b: &str, b_fails: bool) -> Pa
 /// changed document needs a new version).
 fn two_components_v(dir: &Path, name: &str, a: &str, b: &str, b_fails: bool, b_version: &str) -> PathBuf {
     let fail = if b_fails { "exit 3" } else { "true" };
+    // The layer cache is shared and kept between runs: a value unique to this test process
+    // makes its layers new, so "built" and "reused" counts mean the same on every run.
+    let a = format!("{a}-{}", nonce());
     let file = dir.join(format!("{name}.yml"));
     std::fs::write(
         &file,
