@@ -547,13 +547,8 @@ impl BuildCtx<'_> {
                         cache.lock(&skey).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
                     let scratch =
                         cache.scratch(&skey).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
-                    let target = Target {
-                        layers: &stack,
-                        upper: &scratch.upper,
-                        work: &scratch.work,
-                        network: self.network(),
-                        env: &self.env(),
-                    };
+                    let env = self.env();
+                    let target = Target::over(&stack, &scratch, self.network(), &env);
                     let report =
                         run::run_phase(&target, &[c], PhaseName::Build, &working_dir, &step_logs, &[], &tee)?;
                     self.write_report(&format!("build-{}", c.name), &report);
@@ -567,11 +562,12 @@ impl BuildCtx<'_> {
                         });
                     }
                     built += 1;
-                    let layer =
-                        scratch.commit().map_err(|e| BuildError::io("publishing a layer", cache.dir(), e))?;
+                    // The report first: a layer without its report is never taken as cached.
                     let report_path = cache.report_path(&skey);
                     fs::write(&report_path, serde_json::to_vec(&report).unwrap_or_default())
                         .map_err(|e| BuildError::io("saving the layer's report", &report_path, e))?;
+                    let layer =
+                        scratch.commit().map_err(|e| BuildError::io("publishing a layer", cache.dir(), e))?;
                     build_reports.extend(report.documents);
                     Ok(layer)
                 })?,
@@ -591,13 +587,8 @@ impl BuildCtx<'_> {
             let scratch = cache
                 .scratch(&format!("validate-{}", keys.last().cloned().unwrap_or_default()))
                 .map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
-            let target = Target {
-                layers: &stack,
-                upper: &scratch.upper,
-                work: &scratch.work,
-                network: self.network(),
-                env: &self.env(),
-            };
+            let env = self.env();
+            let target = Target::over(&stack, &scratch, self.network(), &env);
             let all: Vec<&ResolvedComponent> = self.components.iter().collect();
             let report = run::run_phase(
                 &target,
@@ -640,13 +631,8 @@ impl BuildCtx<'_> {
                 let scratch = cache
                     .scratch(&cleanup_stored)
                     .map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
-                let target = Target {
-                    layers: &stack,
-                    upper: &scratch.upper,
-                    work: &scratch.work,
-                    network: Network::None,
-                    env: &self.env(),
-                };
+                let env = self.env();
+                let target = Target::over(&stack, &scratch, Network::None, &env);
                 run::run_script(&target, cleanup::SCRIPT)?;
                 let lower: Vec<&Path> = stack.iter().map(PathBuf::as_path).collect();
                 for rel in cleanup::EMPTIED {

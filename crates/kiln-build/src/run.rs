@@ -32,7 +32,17 @@ pub struct Target<'a> {
     pub env: &'a [(String, String)],
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    /// Steps over `layers` (bottom first), writing into `scratch`'s upper directory.
+    pub fn over(
+        layers: &'a [PathBuf],
+        scratch: &'a crate::layers::Scratch,
+        network: Network,
+        env: &'a [(String, String)],
+    ) -> Self {
+        Target { layers, upper: &scratch.upper, work: &scratch.work, network, env }
+    }
+
     fn config(&self) -> SandboxConfig {
         // overlayfs wants the top layer first.
         let lower: Vec<PathBuf> = self.layers.iter().rev().cloned().collect();
