@@ -20,7 +20,12 @@ pub fn run(home: &std::path::Path, args: BuildArgs) -> Result<ExitCode> {
             OnErrorArg::Keep => OnError::Keep,
             OnErrorArg::Shell => OnError::Shell,
         },
-        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()),
+        source_date_epoch: match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => Some(v.trim().parse().map_err(|_| {
+                anyhow::anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds; set it to an integer such as `date +%s`")
+            })?),
+            Err(_) => None,
+        },
     };
     let progress = BuildLines::new(args.json);
     match kiln.build(&req, &progress) {
