@@ -64,6 +64,71 @@ pub enum Command {
     /// The layer cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+
+    /// Scan an image, disk file or root directory for known vulnerabilities.
+    ///
+    /// The inventory comes from the target's dpkg database and /etc/os-release; it is matched
+    /// with exact Debian version semantics against the vulnerability feeds in KILN_HOME/feeds.
+    /// `--feed` imports a feed into that store first (atomically: a truncated or wrong-format
+    /// feed is rejected and the previously imported data keeps answering); without `--feed` the
+    /// stored feeds are used; with it, only the feeds given.
+    ///
+    /// Exit codes: 0 the scan ran (and passed `--fail-on`, if given); 1 a finding at or above
+    /// the `--fail-on` severity remains; 2 the command line was wrong; 3 the scan could not run
+    /// (no feeds, a bad feed, an unreadable target).
+    ///
+    /// Examples:
+    ///
+    ///   kiln scan ./rootfs --feed debian-tracker.json
+    ///
+    ///   kiln scan my-image/1.0.0 --feed https://security-tracker.debian.org/tracker/data/json
+    ///
+    ///   kiln scan disk.qcow2 --format sarif --fail-on HIGH --only-fixable
+    #[command(verbatim_doc_comment)]
+    Scan(ScanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// What to scan: a root directory (an unpacked image), a raw or qcow2 disk file (imported
+    /// into a temporary directory; needs root), or a catalogued image NAME/VERSION[/BUILD] or
+    /// its ARN (its disk from the output folder).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Import a feed into KILN_HOME/feeds before scanning: the Debian Security Tracker JSON, an
+    /// OSV JSON record, a directory or zip of OSV records, or an http(s) URL of one (fetched
+    /// with If-None-Match/If-Modified-Since). The format is detected from the content. Repeat
+    /// for several. The scan then uses only the feeds given; without --feed, every feed in the
+    /// store answers.
+    #[arg(long = "feed", value_name = "PATH|URL")]
+    pub feeds: Vec<String>,
+
+    /// Output: `table` (readable), `json` (one object: target, inventory, feeds, findings in
+    /// Image Builder's ImageScanFinding shape, summary) or `sarif` (SARIF 2.1.0).
+    #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
+    pub format: ScanFormat,
+
+    /// Exit 1 when a finding at or above this severity remains (after --only-fixable and
+    /// --ignore): UNTRIAGED, INFORMATIONAL, LOW, MEDIUM, HIGH or CRITICAL.
+    #[arg(long, value_name = "SEVERITY")]
+    pub fail_on: Option<String>,
+
+    /// Report only findings that have a fixed version available.
+    #[arg(long)]
+    pub only_fixable: bool,
+
+    /// Ignore a vulnerability: ID:REASON or ID:REASON:YYYY-MM-DD (in force until that date,
+    /// inclusive). ID may be PACKAGE/ID to ignore it for one binary package only. Repeatable.
+    #[arg(long = "ignore", value_name = "ID:REASON[:DATE]")]
+    pub ignore: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScanFormat {
+    Table,
+    Json,
+    Sarif,
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Component(cmd) => commands::component::run(cmd),
         Command::Image(cmd) => commands::image::run(&home, cmd),
         Command::Cache(cmd) => commands::cache::run(&home, cmd),
+        Command::Scan(args) => commands::scan::run(&home, args),
     };
     match result {
         Ok(code) => code,

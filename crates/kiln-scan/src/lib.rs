@@ -5,20 +5,24 @@
 //! default kernel), dpkg version semantics, SBOMs (CycloneDX 1.5, SPDX 2.3), the Debian
 //! Security Tracker and OSV feed formats, matching with exact Debian semantics, ignore rules and
 //! the severity gate, and the Image Builder `ImageScanFinding` shape of its findings. It must not
-//! know about recipes, the catalogue database, the build sandbox or HTTP: callers hand it a root
-//! directory and feed bytes or paths, and store what it returns.
+//! know about recipes, the catalogue database or the build sandbox: callers hand it a root
+//! directory and feed bytes or paths, and store what it returns. The one place it talks HTTP is
+//! [`feedstore`], which fetches feed URLs (conditionally) into its local store.
 
 mod deb822;
 pub mod feed;
+pub mod feedstore;
 pub mod finding;
 pub mod inventory;
 pub mod matching;
 pub mod rootfs;
+pub mod sarif;
 pub mod sbom;
 pub mod severity;
 pub mod version;
 
 pub use feed::{Database, FeedError, FeedFormat, FeedInfo};
+pub use feedstore::{FeedRecord, FeedStore, ImportOutcome, StoreError};
 pub use finding::{Finding, FindingStatus, ImageScanFinding};
 pub use inventory::{Inventory, InventoryError, OsRelease, Package, PackageManager, Problem};
 pub use matching::{GateOutcome, IgnoreRule, ScanError, ScanOptions, ScanReport, evaluate_gate, scan};

@@ -4,3 +4,4 @@ pub mod build;
 pub mod cache;
 pub mod component;
 pub mod image;
+pub mod scan;
