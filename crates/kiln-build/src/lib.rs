@@ -15,6 +15,7 @@ pub mod cleanup;
 pub mod layers;
 mod pipeline;
 pub mod run;
+pub mod test_stage;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kiln_component::document::{PhaseName, parse_document};
 use kiln_component::engine::{Event, Observer};
@@ -117,6 +117,11 @@ impl Kiln {
             tracing::info!("removed {staged} staging folder(s) left by killed builds");
         }
         Ok(Kiln { home: home.to_path_buf(), store, rt, layers, cache_root })
+    }
+
+    /// Where the caches (layers, packages, the agent disk) live.
+    pub fn cache_root(&self) -> &Path {
+        &self.cache_root
     }
 
     pub fn store(&self) -> &kiln_store::Store {
@@ -694,17 +699,45 @@ impl BuildCtx<'_> {
         let disk =
             self.stage("assemble", || staged.assemble().map_err(|e| BuildError::Image(e.to_string())))?;
 
-        // Test stage: the image must boot from its own disk to a login prompt.
-        let mut tests = Vec::new();
+        // Test stage: the image boots as a test instance; the built-in tests and every
+        // component's test phase run inside it.
+        let mut tests = serde_json::Value::Null;
+        let mut test_files = Vec::new();
         if !self.req.no_test {
             self.transition(kiln_store::ImageState::Testing, "testing")?;
-            let result = self.stage("test", || self.boot_test(&disk));
-            let (status, detail) = match &result {
-                Ok(d) => ("passed", format!("login prompt after {:.1}s", d.as_secs_f64())),
-                Err(e) => ("failed", e.to_string()),
-            };
-            tests.push(json!({ "name": "boots-to-login-prompt", "status": status, "detail": detail }));
-            result?;
+            let outcome = self
+                .stage("test", || self.test_stage(&disk, &working_dir, &step_logs, &build_reports, &tee))?;
+            let dir = self.out_dir.join("test-report");
+            let (json_path, junit_path) =
+                outcome.report.write(&dir).map_err(|e| BuildError::io("writing the test report", &dir, e))?;
+            let console = self.out_dir.join("test-console.log");
+            fs::write(&console, &outcome.console).map_err(|e| BuildError::io("writing", &console, e))?;
+            self.log_line("console", json!({ "instance": "test", "text": outcome.console }));
+            for t in &outcome.report.tests {
+                self.log_line("test", json!({ "name": t.name, "status": t.status, "durationMs": t.duration_ms, "reason": t.reason }));
+            }
+            test_files = vec![json_path, junit_path, console];
+            tests = json!({
+                "summary": crate::test_stage::summary(&outcome.report.tests),
+                "accelerator": outcome.report.accelerator,
+                "agentReadyMs": outcome.report.agent_ready_ms,
+                "systemReadyMs": outcome.report.system_ready_ms,
+                "totalMs": outcome.report.total_ms,
+                "results": outcome.report.tests.iter().map(|t| json!({ "name": t.name, "status": t.status, "reason": t.reason })).collect::<Vec<_>>(),
+                "report": "test-report/tests.json",
+                "junit": "test-report/junit.xml",
+                "console": "test-console.log",
+            });
+            if let Some(kept) = &outcome.kept {
+                eprintln!("{kept}");
+            }
+            if let Some(summary) = outcome.report.failure_summary() {
+                return Err(BuildError::Test(format!(
+                    "{summary} (reports in {}, console in {})",
+                    dir.display(),
+                    self.out_dir.join("test-console.log").display()
+                )));
+            }
         }
 
         // Outputs: manifest, checksums; then the catalogue says AVAILABLE.
@@ -719,6 +752,7 @@ impl BuildCtx<'_> {
         }
         let mut extra_files = sboms.clone();
         extra_files.push(log_path.clone());
+        extra_files.extend(test_files.iter().cloned());
         for path in &sboms {
             let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let digest = sha256_file(path)?;
@@ -921,26 +955,44 @@ impl BuildCtx<'_> {
         let _ = fs::write(&path, serde_json::to_vec_pretty(report).unwrap_or_default());
     }
 
-    fn boot_test(&self, disk: &kiln_image::AssembledDisk) -> Result<Duration, BuildError> {
-        use kiln_image::qemu::{Vm, VmConfig, find_firmware};
+    fn test_stage(
+        &self,
+        disk: &kiln_image::AssembledDisk,
+        working_dir: &str,
+        step_logs: &Path,
+        build_reports: &[kiln_component::report::DocumentReport],
+        observer: &dyn Observer,
+    ) -> Result<kiln_instance::SuiteOutcome, BuildError> {
         let artifact = disk
             .artifact(kiln_image::OutputFormat::Qcow2 { compressed: false })
             .ok_or_else(|| BuildError::Test("no qcow2 disk to boot".into()))?;
-        let firmware = find_firmware().map_err(|e| BuildError::Test(e.to_string()))?;
         let work = tempfile_dir(self.out_dir)?;
         let infra = &self.file.infrastructure_configuration;
-        let mut cfg = VmConfig::new(&artifact.path, "qcow2", firmware, work.as_path());
-        cfg.memory_mib = infra.memory_mib;
-        cfg.cpus = infra.cpus;
-        let mut vm = Vm::spawn(&cfg).map_err(|e| BuildError::Test(e.to_string()))?;
-        let result = vm.wait_for("login:", Duration::from_secs(infra.test_timeout_seconds));
-        let serial = self.out_dir.join("test-serial.log");
-        let _ = fs::write(&serial, vm.serial_output());
-        drop(vm);
+        let opts = kiln_instance::SuiteOptions {
+            instance: crate::test_stage::instance_config(
+                &artifact.path,
+                &work,
+                &self.kiln.cache_root.join("agent"),
+                infra,
+            ),
+            target: self.arn.to_string(),
+            second_instance: true,
+            keep_on_failure: false,
+        };
+        let components = self.components;
+        let mut extra = |host: &dyn kiln_host::Host| {
+            crate::test_stage::component_tests(
+                host,
+                components,
+                working_dir,
+                step_logs,
+                build_reports,
+                observer,
+            )
+        };
+        let outcome = kiln_instance::run_suite(&opts, &mut extra);
         let _ = layers::remove_tree(&work);
-        result.map_err(|e| {
-            BuildError::Test(format!("boots-to-login-prompt: {e} (serial console in {})", serial.display()))
-        })
+        Ok(outcome)
     }
 }
 

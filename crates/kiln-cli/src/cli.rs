@@ -86,6 +86,64 @@ pub enum Command {
     ///   kiln scan disk.qcow2 --format sarif --fail-on HIGH --only-fixable
     #[command(verbatim_doc_comment)]
     Scan(ScanArgs),
+
+    /// Boot an image as a test instance and test it from inside.
+    ///
+    /// The image's disk is booted on a copy-on-write overlay (the image is only read) in QEMU
+    /// with UEFI firmware, KVM when it works and TCG otherwise, no network device, and kiln's
+    /// guest agent on a virtio-serial port. Readiness comes from systemd
+    /// (`systemctl is-system-running --wait`). Built-in tests: boots-to-multi-user,
+    /// no-failed-units, sysctl-settings-in-force, firewall-rules-loaded, auditd-running,
+    /// survives-reboot, machine-id-unique and ssh-host-keys-unique (the last two boot a second
+    /// instance); for a catalogued image, every component's test phase runs in the guest too.
+    /// tests.json and junit.xml go into the report folder. Needs root.
+    ///
+    /// Exit codes: 0 every test passed (or was skipped as not applicable); 1 a test failed;
+    /// 2 the command line was wrong; 3 the test could not run.
+    ///
+    /// Examples:
+    ///   kiln test minimal/1.0.0 --report out/tests
+    ///   kiln test out/minimal/minimal.qcow2 --keep
+    #[command(verbatim_doc_comment)]
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// A raw or qcow2 disk file (detected from its content), or a catalogued image
+    /// NAME/VERSION[/BUILD] or its ARN.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Where tests.json, junit.xml and console.log go. Default: the image's folder
+    /// (test-report/), or DISK.test-report beside a disk file.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+
+    /// Leave a failed test instance running and print how to reach it.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Boot one instance only (skips machine-id-unique and ssh-host-keys-unique).
+    #[arg(long)]
+    pub single_instance: bool,
+
+    /// CPUs of the instance (default: the image's infrastructure configuration, else 2).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+
+    /// Memory of the instance in MiB (default: the image's infrastructure configuration, else 1024).
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<u32>,
+
+    /// Seconds the instance may take to become ready (default: the image's
+    /// testTimeoutSeconds, else 300).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

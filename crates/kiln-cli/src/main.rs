@@ -20,6 +20,8 @@ pub const EXIT_ERROR: u8 = 3;
 fn main() -> ExitCode {
     // The sandbox re-executes this binary as its namespace helper; that path never returns.
     kiln_sandbox::init_main_if_requested();
+    // So is the helper that adds the guest agent to a test instance's overlay.
+    kiln_instance::prepare_main_if_requested();
 
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.log_format);
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => commands::image::run(&home, cmd),
         Command::Cache(cmd) => commands::cache::run(&home, cmd),
         Command::Scan(args) => commands::scan::run(&home, args),
+        Command::Test(args) => commands::test::run(&home, args),
     };
     match result {
         Ok(code) => code,

@@ -189,6 +189,9 @@ pub struct VmConfig {
     /// is never written.
     pub snapshot: bool,
     pub extra_args: Vec<String>,
+    /// Keep QEMU running when kiln exits (for an instance left for inspection); by default it
+    /// dies with the thread that started it.
+    pub outlive_kiln: bool,
 }
 
 impl VmConfig {
@@ -208,6 +211,7 @@ impl VmConfig {
             work_dir: work_dir.into(),
             snapshot: true,
             extra_args: Vec::new(),
+            outlive_kiln: false,
         }
     }
 }
@@ -255,12 +259,56 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err_file);
+        // QEMU dies with the thread that started it, so a killed kiln leaves no guest running.
+        if !cfg.outlive_kiln {
+            // SAFETY: prctl(2) is async-signal-safe; the closure runs in the child before exec.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().map_err(|source| QemuError::Missing { tool: QEMU.into(), source })?;
         Ok(Vm { child: Some(child), serial, stderr, accel, started: Instant::now() })
     }
 
     pub fn accel(&self) -> Accel {
         self.accel
+    }
+
+    /// QEMU's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `Some(how it ended and what QEMU said)` once QEMU has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                let stderr = fs::read_to_string(&self.stderr).unwrap_or_default();
+                Some(format!(
+                    "QEMU exited ({status}){}",
+                    if stderr.trim().is_empty() { String::new() } else { format!(": {}", stderr.trim()) }
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// When QEMU started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Leaves QEMU running after this handle is dropped; returns its process id.
+    pub fn detach(mut self) -> Option<u32> {
+        self.child.take().map(|c| c.id())
     }
 
     pub fn serial_log(&self) -> &Path {
@@ -327,7 +375,8 @@ fn qemu_path(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-fn tail(s: &str, lines: usize) -> String {
+/// The last `lines` lines of `s`.
+pub fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }

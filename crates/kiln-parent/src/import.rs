@@ -68,6 +68,28 @@ pub struct ImportInfo {
     pub timings: Timings,
 }
 
+/// The format of a disk image file, from its first bytes: `"raw"` or `"qcow2"`; anything else
+/// (VMDK, VHD(X), an archive) is an error that says what it is and what to do.
+pub fn disk_format(path: &Path) -> Result<&'static str> {
+    match disk::sniff(path)? {
+        Magic::Qcow2 => Ok("qcow2"),
+        Magic::Raw => Ok("raw"),
+        Magic::Other(what) => {
+            Err(ParentError::BadDisk { path: path.to_owned(), reason: format!("it is {what}") })
+        }
+    }
+}
+
+/// The root file system partition of the raw disk at `path` (the rules of [`import_disk`]).
+pub fn root_partition(path: &Path) -> Result<Partition> {
+    let (_, parts) = disk::partitions(path)?;
+    // debugfs takes `FILE?offset=N`, so the path must not hold a `?`.
+    if path.to_string_lossy().contains('?') {
+        return Err(ParentError::BadDisk { path: path.to_owned(), reason: "the path contains `?`".into() });
+    }
+    find_root(path, &parts).map_err(|reason| ParentError::NoRootFs { path: path.to_owned(), reason })
+}
+
 /// Imports the root file system of the raw or qcow2 disk image at `path` (format detected from
 /// its content) into `dest` (absent or an empty directory), with the ext4 partitions its
 /// /etc/fstab mounts below / (such as /var or /home) in place.

@@ -22,5 +22,7 @@ pub use bootstrap::{
 pub use disk::{FsInfo, GPT_LINUX_FS, GPT_ROOT_X86_64, Partition, TableKind};
 pub use dpkg::{Package, installed_packages, package_digest};
 pub use error::{ACCEPTED_FORMS, ParentError, Result};
-pub use import::{ImportInfo, ImportedMount, SourceFormat, import_disk, import_tarball};
+pub use import::{
+    ImportInfo, ImportedMount, SourceFormat, disk_format, import_disk, import_tarball, root_partition,
+};
 pub use parent_ref::{ParentRef, Suite};

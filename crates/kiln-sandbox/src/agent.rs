@@ -508,9 +508,80 @@ fn serve(mut sock: UnixStream) -> ! {
             }
         };
         let shutdown = matches!(req, Request::Shutdown);
-        let resp = handle(req, &sock);
+        let resp = handle(req, Serving::Sandbox(&sock));
         if proto::send(&mut sock, &resp).is_err() || shutdown {
             std::process::exit(0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The guest agent: the same requests, served inside a booted test instance.
+
+/// How long the guest agent waits for its port to appear (udev creates the link during boot).
+const PORT_WAIT: Duration = Duration::from_secs(300);
+
+/// Serves requests on the virtio-serial port `port` of a booted guest, forever.
+///
+/// The port is a byte stream that survives neither a reboot of the guest nor kiln reconnecting,
+/// so framing is one JSON line per message with an id ([`proto::Envelope`]): a reader skips
+/// whatever does not parse (a line cut by a reboot) and answers what does. `Ping` answers the
+/// boot id, which is how kiln sees that the guest is up (again).
+pub(crate) fn guest_main(port: &str) -> ! {
+    umask(Mode::empty());
+    let started = Instant::now();
+    let file = loop {
+        match OpenOptions::new().read(true).write(true).open(port) {
+            Ok(f) => break f,
+            Err(e) if started.elapsed() < PORT_WAIT => {
+                if started.elapsed() < Duration::from_millis(300) {
+                    eprintln!("kiln guest agent: waiting for {port}: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                eprintln!("kiln guest agent: cannot open {port}: {e}");
+                std::process::exit(2);
+            }
+        }
+    };
+    let boot_id =
+        fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
+    eprintln!("kiln guest agent: serving on {port} (boot {boot_id})");
+    let mut reader = io::BufReader::new(match file.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("kiln guest agent: dup {port}: {e}");
+            std::process::exit(2);
+        }
+    });
+    let mut writer = file;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match proto::read_line(&mut reader, &mut line) {
+            Ok(true) => {}
+            // Nobody on the host side (yet): the port reads as end of file until kiln connects.
+            Ok(false) | Err(_) => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        let Ok(envelope) = serde_json::from_slice::<proto::Envelope<Request>>(&line) else {
+            continue;
+        };
+        let id = envelope.id;
+        let (resp, then_reboot) = match envelope.msg {
+            Request::Ping => (Ok(Reply::Pong { boot_id: boot_id.clone() }), false),
+            Request::Reboot => (Ok(Reply::Unit), true),
+            req => (handle(req, Serving::Guest), false),
+        };
+        if proto::send_line(&mut writer, &proto::Envelope { id, msg: resp }).is_err() {
+            continue;
+        }
+        if then_reboot {
+            // systemd stops this service on the way down; kiln waits for a new boot id.
+            let _ = std::process::Command::new("systemctl").arg("reboot").status();
         }
     }
 }
@@ -557,12 +628,24 @@ fn kind_of(ft: fs::FileType) -> FileKind {
     }
 }
 
-fn handle(req: Request, sock: &UnixStream) -> Response {
+/// Where the agent serves: which decides how a step is started and watched.
+#[derive(Clone, Copy)]
+enum Serving<'a> {
+    /// Inside the namespace sandbox: each step is PID 1 of a nested PID namespace, and the
+    /// session's socket is watched so a vanished kiln ends the step.
+    Sandbox(&'a UnixStream),
+    /// Inside a booted guest: a step sees the real system (its processes, its `/proc`), runs in
+    /// a session and process group of its own, and that group is killed when the step ends.
+    Guest,
+}
+
+fn handle(req: Request, mode: Serving<'_>) -> Response {
     use Reply::Unit;
     match req {
-        Request::Shutdown => Ok(Unit),
+        // Ping and Reboot only mean something to a guest agent, which answers them itself.
+        Request::Shutdown | Request::Ping | Request::Reboot => Ok(Unit),
         Request::Exec { argv, env, cwd, stdin, timeout_ms } => {
-            exec(&argv, &env, cwd.as_deref(), stdin.as_deref(), timeout_ms.map(Duration::from_millis), sock)
+            exec(&argv, &env, cwd.as_deref(), stdin.as_deref(), timeout_ms.map(Duration::from_millis), mode)
         }
         Request::ReadFile { path } => {
             check_path(&path)?;
@@ -776,8 +859,9 @@ fn exec(
     cwd: Option<&str>,
     stdin: Option<&[u8]>,
     timeout: Option<Duration>,
-    sock: &UnixStream,
+    mode: Serving<'_>,
 ) -> Response {
+    let isolate = matches!(mode, Serving::Sandbox(_));
     let started = Instant::now();
     let Some(argv0) = argv.first() else {
         return Err(HostError::new(HostErrorKind::Other, "exec: empty argv"));
@@ -820,7 +904,7 @@ fn exec(
             let _ = nix::unistd::write(unsafe { std::os::fd::BorrowedFd::borrow_raw(err_fd) }, &msg);
             127
         };
-        if let Err((_, e)) = mount_proc() {
+        if isolate && let Err((_, e)) = mount_proc() {
             return report(0, e);
         }
         if let Err(e) = setsid() {
@@ -845,13 +929,17 @@ fn exec(
         report(4, e)
     });
     let mut stack = vec![0u8; CLONE_STACK];
-    // SAFETY: the agent is single-threaded and the clone shares no memory with it (no
-    // CLONE_VM), so the child runs on its own copy like after fork(); the callback needs a few
-    // KiB of the 256 KiB stack.
-    let child = unsafe {
-        clone(child_main, &mut stack, CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS, Some(libc::SIGCHLD))
-    }
-    .map_err(|e| target(e, "clone(CLONE_NEWPID|CLONE_NEWNS) for the step"))?;
+    let flags =
+        if isolate { CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS } else { CloneFlags::empty() };
+    // SAFETY: the agent (in the sandbox or in a guest) is single-threaded and the clone shares
+    // no memory with it (no CLONE_VM), so the child runs on its own copy like after fork(); the
+    // callback needs a few KiB of the 256 KiB stack.
+    let child = unsafe { clone(child_main, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(|e| target(e, "clone for the step"))?;
+    // Outside a PID namespace the step's tree is its process group (setsid made it the leader).
+    let kill_step = |sig: Signal| {
+        let _ = kill(if isolate { child } else { Pid::from_raw(-child.as_raw()) }, sig);
+    };
     drop((stdin_r, stdout_w, stderr_w, err_w, stack));
 
     let pidfd = rustix::process::pidfd_open(
@@ -880,7 +968,11 @@ fn exec(
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (mut out_open, mut err_open) = (true, true);
-    let mut watch_sock = true;
+    let sock = match mode {
+        Serving::Sandbox(sock) => Some(sock),
+        Serving::Guest => None,
+    };
+    let mut watch_sock = sock.is_some();
     let deadline = timeout.map(|t| started + t);
     let mut timed_out = false;
 
@@ -901,7 +993,7 @@ fn exec(
             fds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
             tags.push(3);
         }
-        if watch_sock {
+        if let Some(sock) = sock.filter(|_| watch_sock) {
             fds.push(PollFd::new(sock.as_fd(), PollFlags::POLLIN));
             tags.push(4);
         }
@@ -916,7 +1008,7 @@ fn exec(
         match poll(&mut fds, wait) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
-                let _ = kill(child, Signal::SIGKILL);
+                kill_step(Signal::SIGKILL);
                 let _ = waitpid(child, None);
                 return Err(target(e, "poll"));
             }
@@ -945,6 +1037,7 @@ fn exec(
                     }
                 }
                 _ => {
+                    let Some(sock) = sock else { continue };
                     let mut b = [0u8; 1];
                     match nix::sys::socket::recv(
                         sock.as_raw_fd(),
@@ -969,13 +1062,14 @@ fn exec(
             && Instant::now() >= d
         {
             timed_out = true;
-            let _ = kill(child, Signal::SIGKILL);
+            kill_step(Signal::SIGKILL);
             break;
         }
     }
 
-    // The step is PID 1 of its PID namespace: once it is gone the kernel has killed and reaped
-    // every other process in it, so no pipe writer is left and the reads below reach EOF.
+    // In the sandbox the step is PID 1 of its PID namespace: once it is gone the kernel has
+    // killed every other process in it. In a guest its process group goes the same way; a
+    // daemon that left the group may still hold the pipes, so the reads below never block.
     let status = loop {
         match waitpid(child, None) {
             Err(Errno::EINTR) => continue,
@@ -985,10 +1079,12 @@ fn exec(
             Err(e) => return Err(target(e, "waitpid of the step")),
         }
     };
+    if !isolate {
+        kill_step(Signal::SIGKILL);
+    }
     drop(stdin_w);
     for (fd, buf) in [(&stdout_r, &mut out), (&stderr_r, &mut err)] {
-        let mut f = File::from(fd.try_clone().map_err(|e| io_err("dup", "pipe", e))?);
-        let _ = f.read_to_end(buf);
+        pump(fd, buf);
     }
     let mut report = Vec::new();
     let _ = File::from(err_r).read_to_end(&mut report);

@@ -98,6 +98,7 @@
 //! not contain `,`, `:` or `\`, and the overlay mount options must fit in one page.
 
 mod agent;
+mod guest;
 mod proto;
 #[cfg(feature = "test-support")]
 pub mod testroot;
@@ -119,6 +120,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent::KEPT_CAPABILITIES;
 pub use caps::Capability;
+pub use guest::{GUEST_AGENT_ARG, GuestError, GuestOptions, GuestSession, Watchdog};
 pub use kiln_host::ExitStatus;
 
 use proto::{Init, Ready, Reply, Request};
@@ -133,9 +135,14 @@ pub const INIT_ARG: &str = "__kiln-sandbox-init";
 /// In any other process it returns at once.
 pub fn init_main_if_requested() {
     let mut args = std::env::args_os();
-    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(INIT_ARG)) {
+    let first = args.nth(1);
+    if first.as_deref() == Some(std::ffi::OsStr::new(INIT_ARG)) {
         let fd = args.next().and_then(|a| a.into_string().ok()).unwrap_or_default();
         agent::helper_main(&fd);
+    }
+    if first.as_deref() == Some(std::ffi::OsStr::new(GUEST_AGENT_ARG)) {
+        let port = args.next().and_then(|a| a.into_string().ok()).unwrap_or_default();
+        agent::guest_main(&port);
     }
 }
 
@@ -455,24 +462,105 @@ impl Session {
             other => Err(unexpected(other)),
         }
     }
+}
 
-    fn lookup(&self, name: &str, file: &str, what: &str) -> HostResult<u32> {
-        if let Ok(id) = name.parse::<u32>() {
-            return Ok(id);
+/// The [`Host`] file and account operations of a client that sends [`Request`]s to an agent:
+/// shared by the sandbox [`Session`] and the [`GuestSession`]. The implementing type has
+/// `call(&self, &Request) -> HostResult<Reply>` and `unit(&self, Request) -> HostResult<()>`.
+macro_rules! remote_file_ops {
+    () => {
+        fn read_file(&self, path: &str) -> HostResult<Vec<u8>> {
+            match self.call(&$crate::proto::Request::ReadFile { path: path.into() })? {
+                $crate::proto::Reply::Bytes(b) => Ok(b),
+                other => Err($crate::unexpected(other)),
+            }
         }
-        let data = self.read_file(file).map_err(|e| {
-            HostError::new(
-                HostErrorKind::UnknownAccount,
-                format!("{what} {name:?}: cannot read the image's {file}: {e}"),
-            )
-        })?;
-        parse_account_db(&String::from_utf8_lossy(&data), name).ok_or_else(|| {
-            HostError::new(
-                HostErrorKind::UnknownAccount,
-                format!("unknown {what} {name:?} (not in the image's {file})"),
-            )
-        })
+
+        fn write_file(&self, path: &str, data: &[u8], how: WriteMode, mode: Option<u32>) -> HostResult<()> {
+            self.unit($crate::proto::Request::WriteFile { path: path.into(), data: data.to_vec(), how, mode })
+        }
+
+        fn create_dir_all(&self, path: &str, mode: Option<u32>) -> HostResult<()> {
+            self.unit($crate::proto::Request::CreateDirAll { path: path.into(), mode })
+        }
+
+        fn metadata(&self, path: &str) -> HostResult<Metadata> {
+            match self.call(&$crate::proto::Request::Metadata { path: path.into() })? {
+                $crate::proto::Reply::Metadata(m) => Ok(m),
+                other => Err($crate::unexpected(other)),
+            }
+        }
+
+        fn list_dir(&self, path: &str) -> HostResult<Vec<DirEntry>> {
+            match self.call(&$crate::proto::Request::ListDir { path: path.into() })? {
+                $crate::proto::Reply::Entries(e) => Ok(e),
+                other => Err($crate::unexpected(other)),
+            }
+        }
+
+        fn remove_file(&self, path: &str) -> HostResult<()> {
+            self.unit($crate::proto::Request::RemoveFile { path: path.into() })
+        }
+
+        fn remove_dir(&self, path: &str, recursive: bool) -> HostResult<()> {
+            self.unit($crate::proto::Request::RemoveDir { path: path.into(), recursive })
+        }
+
+        fn rename(&self, from: &str, to: &str) -> HostResult<()> {
+            self.unit($crate::proto::Request::Rename { from: from.into(), to: to.into() })
+        }
+
+        fn copy_file(&self, from: &str, to: &str) -> HostResult<()> {
+            self.unit($crate::proto::Request::CopyFile { from: from.into(), to: to.into() })
+        }
+
+        fn symlink(&self, target: &str, link: &str) -> HostResult<()> {
+            self.unit($crate::proto::Request::Symlink { target: target.into(), link: link.into() })
+        }
+
+        fn read_link(&self, path: &str) -> HostResult<String> {
+            match self.call(&$crate::proto::Request::ReadLink { path: path.into() })? {
+                $crate::proto::Reply::Link(l) => Ok(l),
+                other => Err($crate::unexpected(other)),
+            }
+        }
+
+        fn set_permissions(&self, path: &str, mode: u32) -> HostResult<()> {
+            self.unit($crate::proto::Request::SetPermissions { path: path.into(), mode })
+        }
+
+        fn set_owner(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> HostResult<()> {
+            self.unit($crate::proto::Request::SetOwner { path: path.into(), uid, gid })
+        }
+
+        fn lookup_user(&self, name: &str) -> HostResult<u32> {
+            $crate::lookup_account(self, name, "/etc/passwd", "user")
+        }
+
+        fn lookup_group(&self, name: &str) -> HostResult<u32> {
+            $crate::lookup_account(self, name, "/etc/group", "group")
+        }
+    };
+}
+pub(crate) use remote_file_ops;
+
+/// `name`'s id in the target's `file` (`/etc/passwd` or `/etc/group`); a number is an id.
+pub(crate) fn lookup_account(host: &dyn Host, name: &str, file: &str, what: &str) -> HostResult<u32> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
     }
+    let data = host.read_file(file).map_err(|e| {
+        HostError::new(
+            HostErrorKind::UnknownAccount,
+            format!("{what} {name:?}: cannot read the image's {file}: {e}"),
+        )
+    })?;
+    parse_account_db(&String::from_utf8_lossy(&data), name).ok_or_else(|| {
+        HostError::new(
+            HostErrorKind::UnknownAccount,
+            format!("unknown {what} {name:?} (not in the image's {file})"),
+        )
+    })
 }
 
 /// The id (third field) of `name` in an `/etc/passwd` or `/etc/group` text.
@@ -483,8 +571,8 @@ fn parse_account_db(text: &str, name: &str) -> Option<u32> {
     })
 }
 
-fn unexpected(reply: Reply) -> HostError {
-    HostError::new(HostErrorKind::Target, format!("sandbox agent sent an unexpected reply: {reply:?}"))
+pub(crate) fn unexpected(reply: Reply) -> HostError {
+    HostError::new(HostErrorKind::Target, format!("the agent sent an unexpected reply: {reply:?}"))
 }
 
 impl Drop for Session {
@@ -532,77 +620,7 @@ impl Host for Session {
         }
     }
 
-    fn read_file(&self, path: &str) -> HostResult<Vec<u8>> {
-        match self.call(&Request::ReadFile { path: path.into() })? {
-            Reply::Bytes(b) => Ok(b),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn write_file(&self, path: &str, data: &[u8], how: WriteMode, mode: Option<u32>) -> HostResult<()> {
-        self.unit(Request::WriteFile { path: path.into(), data: data.to_vec(), how, mode })
-    }
-
-    fn create_dir_all(&self, path: &str, mode: Option<u32>) -> HostResult<()> {
-        self.unit(Request::CreateDirAll { path: path.into(), mode })
-    }
-
-    fn metadata(&self, path: &str) -> HostResult<Metadata> {
-        match self.call(&Request::Metadata { path: path.into() })? {
-            Reply::Metadata(m) => Ok(m),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn list_dir(&self, path: &str) -> HostResult<Vec<DirEntry>> {
-        match self.call(&Request::ListDir { path: path.into() })? {
-            Reply::Entries(e) => Ok(e),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn remove_file(&self, path: &str) -> HostResult<()> {
-        self.unit(Request::RemoveFile { path: path.into() })
-    }
-
-    fn remove_dir(&self, path: &str, recursive: bool) -> HostResult<()> {
-        self.unit(Request::RemoveDir { path: path.into(), recursive })
-    }
-
-    fn rename(&self, from: &str, to: &str) -> HostResult<()> {
-        self.unit(Request::Rename { from: from.into(), to: to.into() })
-    }
-
-    fn copy_file(&self, from: &str, to: &str) -> HostResult<()> {
-        self.unit(Request::CopyFile { from: from.into(), to: to.into() })
-    }
-
-    fn symlink(&self, target: &str, link: &str) -> HostResult<()> {
-        self.unit(Request::Symlink { target: target.into(), link: link.into() })
-    }
-
-    fn read_link(&self, path: &str) -> HostResult<String> {
-        match self.call(&Request::ReadLink { path: path.into() })? {
-            Reply::Link(l) => Ok(l),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn set_permissions(&self, path: &str, mode: u32) -> HostResult<()> {
-        self.unit(Request::SetPermissions { path: path.into(), mode })
-    }
-
-    fn set_owner(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> HostResult<()> {
-        self.unit(Request::SetOwner { path: path.into(), uid, gid })
-    }
-
-    fn lookup_user(&self, name: &str) -> HostResult<u32> {
-        self.lookup(name, "/etc/passwd", "user")
-    }
-
-    fn lookup_group(&self, name: &str) -> HostResult<u32> {
-        self.lookup(name, "/etc/group", "group")
-    }
+    remote_file_ops!();
 
     fn reboot(&self) -> HostResult<()> {
         self.restart()

@@ -93,8 +93,12 @@ pub(crate) enum Request {
         uid: Option<u32>,
         gid: Option<u32>,
     },
-    /// End the session: the agent answers `Unit` and exits.
+    /// End the session: the agent answers `Unit` and exits (a guest agent keeps serving).
     Shutdown,
+    /// Guest agent only: answer [`Reply::Pong`] with the guest's boot id.
+    Ping,
+    /// Guest agent only: answer `Unit`, then reboot the guest.
+    Reboot,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,6 +117,61 @@ pub(crate) enum Reply {
     Metadata(Metadata),
     Entries(Vec<DirEntry>),
     Link(String),
+    Pong {
+        boot_id: String,
+    },
+}
+
+/// A message on a guest agent's port: one JSON line. The id pairs a response with its request,
+/// so answers to requests sent before a reboot or a reconnection are recognised and skipped.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope<T> {
+    pub id: u64,
+    pub msg: T,
+}
+
+/// Write one message as a JSON line (serde_json never writes a raw newline inside a value).
+pub(crate) fn send_line<T: Serialize, W: Write>(w: &mut W, msg: &T) -> io::Result<()> {
+    let mut body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    body.push(b'\n');
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// Append the next line (without its newline) to `buf`: `Ok(false)` at end of stream.
+/// A line longer than [`MAX_FRAME`] is an error. Bytes read before a timeout stay in `buf`, so
+/// calling again after `WouldBlock`/`TimedOut` continues the same line.
+pub(crate) fn read_line<R: io::BufRead>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        let (done, used) = {
+            let avail = match r.fill_buf() {
+                Ok(a) => a,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if avail.is_empty() {
+                return Ok(false);
+            }
+            match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    buf.extend_from_slice(&avail[..i]);
+                    (true, i + 1)
+                }
+                None => {
+                    buf.extend_from_slice(avail);
+                    (false, avail.len())
+                }
+            }
+        };
+        r.consume(used);
+        if buf.len() > MAX_FRAME {
+            buf.clear();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "line exceeds the frame limit"));
+        }
+        if done {
+            return Ok(true);
+        }
+    }
 }
 
 pub(crate) type Response = Result<Reply, HostError>;
@@ -184,6 +243,24 @@ mod b64opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_resync_after_garbage() {
+        let mut wire = b"{\"id\":1,\"ms".to_vec(); // a line cut by a reboot
+        wire.push(b'\n');
+        send_line(&mut wire, &Envelope { id: 7, msg: Request::Ping }).unwrap();
+        let mut r = io::BufReader::new(&wire[..]);
+        let mut line = Vec::new();
+        assert!(read_line(&mut r, &mut line).unwrap());
+        assert!(serde_json::from_slice::<Envelope<Request>>(&line).is_err());
+        line.clear();
+        assert!(read_line(&mut r, &mut line).unwrap());
+        let e: Envelope<Request> = serde_json::from_slice(&line).unwrap();
+        assert_eq!(e.id, 7);
+        assert!(matches!(e.msg, Request::Ping));
+        line.clear();
+        assert!(!read_line(&mut r, &mut line).unwrap());
+    }
 
     #[test]
     fn frames_round_trip() {

@@ -5,3 +5,4 @@ pub mod cache;
 pub mod component;
 pub mod image;
 pub mod scan;
+pub mod test;

@@ -1,0 +1,275 @@
+//! One running test instance: QEMU on the overlay, the agent channel, readiness.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_host::{ExecRequest, Host};
+use kiln_image::qemu::{Accel, Vm, VmConfig, find_firmware, tail};
+use kiln_sandbox::{GuestOptions, GuestSession};
+
+use crate::InstanceError;
+use crate::prepare::{self, AGENT_PORT};
+
+/// Lines on the serial console that mean the guest will never become ready: fail at once
+/// instead of waiting for the timeout.
+const FATAL_CONSOLE: &[(&str, &str)] = &[
+    ("Kernel panic - not syncing", "kernel panic"),
+    ("Gave up waiting for root", "the initramfs found no root file system"),
+    ("Dropping to a shell!", "the initramfs dropped to a shell"),
+    ("You are in emergency mode", "systemd entered emergency mode"),
+    ("Give root password for maintenance", "systemd entered emergency mode"),
+];
+
+/// How a test instance is made.
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// The image's disk (raw or qcow2); only read.
+    pub image: PathBuf,
+    /// Holds the overlay, the console log and QEMU's messages; created, and removed on drop
+    /// unless the instance is kept.
+    pub work_dir: PathBuf,
+    /// Where the agent disk is cached.
+    pub cache_dir: PathBuf,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// From QEMU's start until the agent answers and systemd has finished starting up.
+    pub ready_timeout: Duration,
+    /// Keep QEMU running after kiln exits when the instance is kept.
+    pub outlive_kiln: bool,
+}
+
+/// A booted instance with its agent.
+#[derive(Debug)]
+pub struct Instance {
+    vm: Option<Vm>,
+    session: GuestSession,
+    work_dir: PathBuf,
+    socket_dir: Option<tempfile::TempDir>,
+    serial: PathBuf,
+    accel: Accel,
+    /// QEMU start to the agent's first answer.
+    pub agent_after: Duration,
+    keep: bool,
+}
+
+/// What `systemctl is-system-running --wait` said, and when.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pub state: String,
+    /// QEMU start to the end of systemd's start-up.
+    pub after: Duration,
+}
+
+impl Instance {
+    /// Makes the overlay, boots it, and waits for the agent (not yet for systemd).
+    pub fn launch(cfg: &InstanceConfig) -> Result<Instance, InstanceError> {
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            InstanceError::Prepare(format!("{what} {}: {e}", p.display()))
+        };
+        let firmware = find_firmware().map_err(|e| InstanceError::Prepare(e.to_string()))?;
+        fs::create_dir_all(&cfg.work_dir).map_err(|e| io("cannot create", &cfg.work_dir, e))?;
+        let overlay = cfg.work_dir.join("overlay.qcow2");
+        prepare::make_overlay(&cfg.image, &overlay)?;
+        let agent_disk = prepare::agent_disk(&cfg.cache_dir)?;
+        // A Unix socket path holds at most 107 bytes: keep it short, outside the work dir.
+        let socket_dir = tempfile::Builder::new()
+            .prefix("kiln-vm-")
+            .tempdir()
+            .map_err(|e| InstanceError::Prepare(format!("cannot create a socket folder: {e}")))?;
+        let socket = socket_dir.path().join("agent.sock");
+
+        let mut vm_cfg = VmConfig::new(&overlay, "qcow2", firmware, cfg.work_dir.as_path());
+        vm_cfg.snapshot = false;
+        vm_cfg.cpus = cfg.cpus;
+        vm_cfg.memory_mib = cfg.memory_mib;
+        vm_cfg.outlive_kiln = cfg.outlive_kiln;
+        vm_cfg.extra_args = vec![
+            "-drive".into(),
+            format!("if=virtio,format=raw,readonly=on,file={}", prepare::qemu_path(&agent_disk)),
+            "-device".into(),
+            "virtio-serial-pci,id=kvser0".into(),
+            "-chardev".into(),
+            format!("socket,id=kagent,path={},server=on,wait=off", prepare::qemu_path(&socket)),
+            "-device".into(),
+            format!("virtserialport,bus=kvser0.0,chardev=kagent,name={AGENT_PORT}"),
+        ];
+        let vm = Vm::spawn(&vm_cfg).map_err(|e| InstanceError::Qemu(e.to_string()))?;
+        let accel = vm.accel();
+        let serial = vm.serial_log().to_path_buf();
+        let started = vm.started();
+        let stderr = cfg.work_dir.join("qemu.stderr");
+        let watchdog = watchdog(vm.pid().unwrap_or(0), serial.clone(), stderr);
+        let opts = GuestOptions {
+            env: kiln_sandbox::SandboxConfig::default_env(),
+            network: false,
+            ready_timeout: cfg.ready_timeout,
+            watchdog,
+            description: format!("test instance of {} (QEMU, {accel})", cfg.image.display()),
+        };
+        let mut instance_vm = Some(vm);
+        let session = match GuestSession::connect(&socket, opts) {
+            Ok(s) => s,
+            Err(e) => {
+                let console = tail(&fs::read_to_string(&serial).unwrap_or_default(), 25);
+                if let Some(mut vm) = instance_vm.take() {
+                    vm.kill();
+                }
+                let reason = match e {
+                    kiln_sandbox::GuestError::NotReady { seconds } => format!(
+                        "the guest did not become ready within {seconds} s ({accel}); its agent never answered"
+                    ),
+                    other => other.to_string(),
+                };
+                let _ = fs::remove_dir_all(&cfg.work_dir);
+                return Err(InstanceError::NotReady { reason, console });
+            }
+        };
+        Ok(Instance {
+            vm: instance_vm,
+            session,
+            work_dir: cfg.work_dir.clone(),
+            socket_dir: Some(socket_dir),
+            serial,
+            accel,
+            agent_after: started.elapsed(),
+            keep: false,
+        })
+    }
+
+    /// The guest, as a [`Host`] for steps.
+    pub fn host(&self) -> &GuestSession {
+        &self.session
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    pub fn serial_log(&self) -> &Path {
+        &self.serial
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits until systemd has finished starting up (`running` or `degraded`), within `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Readiness, InstanceError> {
+        let started = self.vm.as_ref().map(Vm::started).unwrap_or_else(Instant::now);
+        let req = ExecRequest {
+            argv: ["systemctl", "is-system-running", "--wait"].map(String::from).to_vec(),
+            timeout: Some(timeout),
+            ..Default::default()
+        };
+        let out = self.session.exec(&req).map_err(|e| InstanceError::NotReady {
+            reason: format!("asking systemd for its state: {e}"),
+            console: tail(&self.console(), 25),
+        })?;
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status == kiln_host::ExitStatus::TimedOut {
+            return Err(InstanceError::NotReady {
+                reason: format!("systemd did not finish starting within {} s", timeout.as_secs()),
+                console: tail(&self.console(), 25),
+            });
+        }
+        Ok(Readiness { state, after: started.elapsed() })
+    }
+
+    /// Leaves the instance running for inspection; says how to reach it.
+    pub fn keep(mut self) -> KeptInstance {
+        self.keep = true;
+        let pid = self.vm.take().and_then(Vm::detach);
+        let socket = self.socket_dir.take().map(tempfile::TempDir::keep).map(|d| d.join("agent.sock"));
+        KeptInstance {
+            pid,
+            work_dir: self.work_dir.clone(),
+            serial: self.serial.clone(),
+            agent_socket: socket,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut vm) = self.vm.take() {
+            vm.kill();
+        }
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.work_dir);
+        }
+    }
+}
+
+/// An instance left running by [`Instance::keep`].
+#[derive(Debug, Clone)]
+pub struct KeptInstance {
+    pub pid: Option<u32>,
+    pub work_dir: PathBuf,
+    pub serial: PathBuf,
+    pub agent_socket: Option<PathBuf>,
+}
+
+impl std::fmt::Display for KeptInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "the test instance is still running (QEMU pid {})", self.pid.unwrap_or(0))?;
+        writeln!(f, "  console log:  tail -f {}", self.serial.display())?;
+        if let Some(s) = &self.agent_socket {
+            writeln!(f, "  agent socket: {}", s.display())?;
+        }
+        writeln!(f, "  overlay:      {}", self.work_dir.join("overlay.qcow2").display())?;
+        write!(f, "  stop it with: kill {}  (then remove {})", self.pid.unwrap_or(0), self.work_dir.display())
+    }
+}
+
+/// Says why the guest is gone: QEMU exited, or the console shows a fatal boot failure.
+fn watchdog(pid: u32, serial: PathBuf, stderr: PathBuf) -> kiln_sandbox::Watchdog {
+    Box::new(move || {
+        if let Some(why) = fatal_console(&fs::read_to_string(&serial).unwrap_or_default()) {
+            return Some(why);
+        }
+        // QEMU is our child: once it exits it is a zombie (state Z) until reaped.
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+            let after = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(after)
+        });
+        match state {
+            None | Some('Z') | Some('X') => {
+                let msg = fs::read_to_string(&stderr).unwrap_or_default();
+                Some(format!(
+                    "QEMU exited{}",
+                    if msg.trim().is_empty() { String::new() } else { format!(": {}", msg.trim()) }
+                ))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The first fatal boot failure on the console, with the line that shows it.
+pub fn fatal_console(console: &str) -> Option<String> {
+    for line in console.lines() {
+        for (marker, what) in FATAL_CONSOLE {
+            if line.contains(marker) {
+                return Some(format!("{what}: {}", line.trim()));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_console_lines_are_recognised() {
+        let panic =
+            "[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)";
+        assert!(fatal_console(panic).unwrap().starts_with("kernel panic: "));
+        let initramfs = "Gave up waiting for root file system device.  Common problems:\nALERT!  UUID=x does not exist.  Dropping to a shell!";
+        assert!(fatal_console(initramfs).unwrap().contains("no root file system"));
+        assert_eq!(fatal_console("Debian GNU/Linux 12 kiln ttyS0\n\nkiln login:"), None);
+    }
+}
