@@ -49,7 +49,7 @@ import sys, re
 path, doc = sys.argv[1], sys.argv[2]
 text = open(path).read()
 text = text.replace("uri: ../components/motd-and-admins.yml", "uri: " + doc)
-text = text.replace("semanticVersion: 1.0.0\n    platform: Linux", "semanticVersion: 1.0.1\n    platform: Linux")
+text = text.replace("semanticVersion: 1.1.0\n    platform: Linux", "semanticVersion: 1.1.1\n    platform: Linux")
 text = text.replace('value: ["admin"]', 'value: ["admin,opsadmin"]')
 open(path, "w").write(text)
 PY

@@ -16,6 +16,7 @@ pub mod layers;
 mod pipeline;
 pub mod run;
 pub mod test_stage;
+mod vm_build;
 
 use std::path::PathBuf;
 

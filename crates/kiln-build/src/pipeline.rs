@@ -497,6 +497,9 @@ impl BuildCtx<'_> {
                 .map_err(|e| BuildError::io("creating the build log", &log_path, e))?,
         );
         self.log_line("started", json!({ "arn": self.arn, "resourceFile": self.req.resource_file }));
+        self.kiln
+            .block_on(self.kiln.store.set_output_location(self.arn, &self.out_dir.display().to_string()))
+            .map_err(|e| BuildError::Store(e.to_string()))?;
         self.transition(kiln_store::ImageState::Building, "building")?;
         let cache = &self.kiln.layers;
         let step_logs = self.out_dir.join("logs");
@@ -522,7 +525,35 @@ impl BuildCtx<'_> {
         let mut component_records = Vec::new();
         // What each component's build phase did, for `{{ build.Step.outputs.X }}` later.
         let mut build_reports: Vec<kiln_component::report::DocumentReport> = Vec::new();
-        for c in self.components {
+        let in_vm = self.file.infrastructure_configuration.builder == kiln_model::BuilderKind::Vm;
+        if in_vm {
+            let (layer, key, skey, reports, was_built) = self.vm_layer(
+                &stack,
+                keys.last().map(String::as_str).unwrap_or_default(),
+                &working_dir,
+                &step_logs,
+                &tee,
+            )?;
+            if was_built {
+                built += 1;
+            } else {
+                reused += 1;
+            }
+            build_reports = reports;
+            for c in self.components {
+                component_records.push(json!({
+                    "name": c.name, "version": c.version, "digest": c.digest,
+                    "parameters": c.parameters.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
+                    "layer": skey, "builder": "vm",
+                }));
+            }
+            // The VM's layer is the whole tree: the layers below would only show through
+            // where a component deleted something.
+            stack = vec![layer];
+            keys.push(key);
+            stored_keys.push(skey);
+        }
+        for c in self.components.iter().filter(|_| !in_vm) {
             let params = serde_json::to_string(&c.parameters).unwrap_or_default();
             let network = format!("{:?}", self.network());
             let key = layers::key(&[
@@ -587,8 +618,13 @@ impl BuildCtx<'_> {
             stored_keys.push(skey);
         }
 
-        // Validate phase: on a throw-away layer, so validation cannot change the image.
+        // Validate phase: on a throw-away layer, so validation cannot change the image. (The VM
+        // builder ran it in the VM, after the build phases.)
+        let validate_here = !in_vm;
         self.stage("validate", || {
+            if !validate_here {
+                return Ok(());
+            }
             let scratch = cache
                 .scratch(&format!("validate-{}", keys.last().cloned().unwrap_or_default()))
                 .map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
@@ -955,6 +991,98 @@ impl BuildCtx<'_> {
         let _ = fs::write(&path, serde_json::to_vec_pretty(report).unwrap_or_default());
     }
 
+    /// The VM builder's one layer over `stack`: cached, or built in a booted VM.
+    /// Returns `(layer, content key, stored key, build reports, built now)`.
+    fn vm_layer(
+        &self,
+        stack: &[PathBuf],
+        below: &str,
+        working_dir: &str,
+        step_logs: &Path,
+        observer: &dyn Observer,
+    ) -> Result<(PathBuf, String, String, Vec<kiln_component::report::DocumentReport>, bool), BuildError>
+    {
+        let cache = &self.kiln.layers;
+        let recipe = &self.file.image_recipe;
+        let components: Vec<serde_json::Value> = self
+            .components
+            .iter()
+            .map(|c| json!({ "component": format!("{}/{}", c.name, c.version), "document": c.digest, "parameters": c.parameters }))
+            .collect();
+        let key = layers::key(&[
+            ("below", below),
+            ("vm-build", &serde_json::to_string(&components).unwrap_or_default()),
+            ("network", &format!("{:?}", self.network())),
+            ("workingDirectory", working_dir),
+            ("kernelCommandLine", recipe.kernel_command_line.as_deref().unwrap_or_default()),
+        ]);
+        let skey = self.stored(&key);
+        if let Some(p) = cache.get(&skey).filter(|_| cache.report_path(&skey).is_file()) {
+            let report = fs::read(cache.report_path(&skey))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<kiln_component::report::RunReport>(&b).ok());
+            self.progress.build_event(&BuildEvent::LayerReused { component: "vm-build", key: &key });
+            self.log_line("layerReused", json!({ "component": "vm-build", "key": key }));
+            return Ok((p, key, skey, report.map(|r| r.documents).unwrap_or_default(), false));
+        }
+        let (layer, reports) = self.stage("build in VM", || {
+            let _lock = cache.lock(&skey).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
+            let scratch =
+                cache.scratch(&skey).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
+            let work = self.out_dir.join(".build-vm");
+            let _ = layers::remove_tree(&work);
+            fs::create_dir_all(&work).map_err(|e| BuildError::io("creating", &work, e))?;
+            let infra = &self.file.infrastructure_configuration;
+            let mut instance = crate::test_stage::instance_config(
+                Path::new(""),
+                &work,
+                &self.kiln.cache_root.join("agent"),
+                infra,
+            );
+            instance.env = self.env();
+            if self.network() == Network::Host {
+                // User-mode networking: the guest reaches out through the host, nothing reaches in.
+                instance.nic = Some("user,model=virtio-net-pci".into());
+            }
+            let built = crate::vm_build::build_in_vm(
+                crate::vm_build::VmBuild {
+                    stack,
+                    layout: self.layout,
+                    kernel_cmdline: recipe.kernel_command_line.as_deref().unwrap_or_default(),
+                    work: &work,
+                    instance,
+                    components: self.components,
+                    working_dir,
+                    log_dir: step_logs,
+                },
+                &scratch.upper,
+                observer,
+            );
+            let _ = layers::remove_tree(&work);
+            let built = built?;
+            self.write_report("build-vm", &built.build);
+            self.write_report("validate", &built.validate);
+            for (phase, report) in [("build", &built.build), ("validate", &built.validate)] {
+                if !report.success() {
+                    let component = report
+                        .documents
+                        .iter()
+                        .find(|d| d.status == kiln_component::report::Status::Failed)
+                        .map(|d| d.name.clone())
+                        .unwrap_or_default();
+                    let message = report.failure_message.clone().unwrap_or_else(|| "failed".into());
+                    return Err(BuildError::StepFailed { phase: phase.into(), component, message });
+                }
+            }
+            let report_path = cache.report_path(&skey);
+            fs::write(&report_path, serde_json::to_vec(&built.build).unwrap_or_default())
+                .map_err(|e| BuildError::io("saving the layer's report", &report_path, e))?;
+            let layer = scratch.commit().map_err(|e| BuildError::io("publishing a layer", cache.dir(), e))?;
+            Ok((layer, built.build.documents))
+        })?;
+        Ok((layer, key, skey, reports, true))
+    }
+
     fn test_stage(
         &self,
         disk: &kiln_image::AssembledDisk,
@@ -968,16 +1096,20 @@ impl BuildCtx<'_> {
             .ok_or_else(|| BuildError::Test("no qcow2 disk to boot".into()))?;
         let work = tempfile_dir(self.out_dir)?;
         let infra = &self.file.infrastructure_configuration;
+        // `--on-error keep|shell` also leaves a failed test instance running for inspection.
+        let keep = self.req.on_error != OnError::Abort;
+        let mut instance = crate::test_stage::instance_config(
+            &artifact.path,
+            &work,
+            &self.kiln.cache_root.join("agent"),
+            infra,
+        );
+        instance.outlive_kiln = keep;
         let opts = kiln_instance::SuiteOptions {
-            instance: crate::test_stage::instance_config(
-                &artifact.path,
-                &work,
-                &self.kiln.cache_root.join("agent"),
-                infra,
-            ),
+            instance,
             target: self.arn.to_string(),
             second_instance: true,
-            keep_on_failure: false,
+            keep_on_failure: keep,
         };
         let components = self.components;
         let mut extra = |host: &dyn kiln_host::Host| {
@@ -991,7 +1123,9 @@ impl BuildCtx<'_> {
             )
         };
         let outcome = kiln_instance::run_suite(&opts, &mut extra);
-        let _ = layers::remove_tree(&work);
+        if outcome.kept.is_none() {
+            let _ = layers::remove_tree(&work);
+        }
         Ok(outcome)
     }
 }

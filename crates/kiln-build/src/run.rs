@@ -68,6 +68,22 @@ pub fn run_phase(
     observer: &dyn Observer,
 ) -> Result<RunReport, BuildError> {
     let session = Sandbox::start(target.config()).map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    let report = run_phase_on(&session, components, phase, working_dir, log_dir, earlier, observer);
+    session.shutdown().map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    Ok(report)
+}
+
+/// Run `phase` of each component in order on `host` (a sandbox or a booted VM), stopping at
+/// the first failure; the report covers them all.
+pub fn run_phase_on(
+    host: &dyn Host,
+    components: &[&ResolvedComponent],
+    phase: PhaseName,
+    working_dir: &str,
+    log_dir: &Path,
+    earlier: &[DocumentReport],
+    observer: &dyn Observer,
+) -> RunReport {
     let mut reports: Option<RunReport> = None;
     for c in components {
         if !c.document.phases.iter().any(|p| p.name == phase) {
@@ -81,7 +97,7 @@ pub fn run_phase(
             earlier: earlier.to_vec(),
             ..RunOptions::default()
         };
-        let report = Engine::new(&session, options, observer).run(std::slice::from_ref(&c.document));
+        let report = Engine::new(host, options, observer).run(std::slice::from_ref(&c.document));
         let failed = !report.success();
         match &mut reports {
             None => reports = Some(report),
@@ -97,8 +113,7 @@ pub fn run_phase(
             break;
         }
     }
-    session.shutdown().map_err(|e| BuildError::Sandbox(e.to_string()))?;
-    Ok(reports.unwrap_or_else(|| empty_report(phase)))
+    reports.unwrap_or_else(|| empty_report(phase))
 }
 
 /// Run a shell script in the sandbox over `target` (the cleanup layer).
@@ -122,7 +137,7 @@ pub fn run_script(target: &Target<'_>, script: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn empty_report(phase: PhaseName) -> RunReport {
+pub(crate) fn empty_report(phase: PhaseName) -> RunReport {
     let now = time::OffsetDateTime::now_utc();
     RunReport {
         execution_id: format!("none-{}", phase.as_str()),

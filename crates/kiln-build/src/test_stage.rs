@@ -84,6 +84,8 @@ pub fn instance_config(
         memory_mib: infra.memory_mib,
         ready_timeout: Duration::from_secs(infra.test_timeout_seconds),
         outlive_kiln: false,
+        nic: None,
+        env: Vec::new(),
     }
 }
 

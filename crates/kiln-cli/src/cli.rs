@@ -106,6 +106,53 @@ pub enum Command {
     ///   kiln test out/minimal/minimal.qcow2 --keep
     #[command(verbatim_doc_comment)]
     Test(TestArgs),
+
+    /// Boot an image to try it by hand, on a throwaway copy-on-write overlay.
+    ///
+    /// By default the serial console is attached to this terminal (quit QEMU with Ctrl-A X;
+    /// Ctrl-A C opens its monitor) and the overlay is removed afterwards. With --detach the
+    /// instance runs in the background, its console in a log file, and kiln prints how to reach
+    /// and stop it. --ssh-port gives the guest a user-mode network with 127.0.0.1:PORT
+    /// forwarded to its port 22; without it the guest has no network device. --user-data and
+    /// --meta-data attach a cloud-init NoCloud seed (a FAT disk labelled CIDATA) for images
+    /// with cloud-init. A launch of a catalogued image is recorded as usage of that image.
+    ///
+    /// Examples:
+    ///   kiln launch minimal/1.0.0
+    ///   kiln launch minimal/1.0.0 --detach --ssh-port 2222 --user-data user-data.yml
+    #[command(verbatim_doc_comment)]
+    Launch(LaunchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// A raw or qcow2 disk file, or a catalogued image NAME/VERSION[/BUILD] or its ARN.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Run in the background; the console goes to a log file.
+    #[arg(long)]
+    pub detach: bool,
+
+    /// Forward 127.0.0.1:PORT to the guest's SSH port (gives it a user-mode network).
+    #[arg(long, value_name = "PORT")]
+    pub ssh_port: Option<u16>,
+
+    /// cloud-init NoCloud user-data file.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+
+    /// cloud-init NoCloud meta-data file (default: a made-up instance id).
+    #[arg(long, value_name = "FILE")]
+    pub meta_data: Option<PathBuf>,
+
+    /// CPUs (default: the image's infrastructure configuration, else 2).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+
+    /// Memory in MiB (default: the image's infrastructure configuration, else 1024).
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -208,7 +255,9 @@ pub struct BuildArgs {
     pub no_test: bool,
 
     /// When a step fails: `abort` (default) removes the failed layer, `keep` keeps it for
-    /// inspection, `shell` keeps it and opens a shell in the sandbox over it.
+    /// inspection, `shell` keeps it and opens a shell in the sandbox over it. With `keep` or
+    /// `shell`, a failed test stage also leaves its test instance running (kiln says how to
+    /// reach and stop it).
     #[arg(long, value_enum, default_value_t = OnErrorArg::Abort)]
     pub on_error: OnErrorArg,
 

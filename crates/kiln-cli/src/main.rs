@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Cache(cmd) => commands::cache::run(&home, cmd),
         Command::Scan(args) => commands::scan::run(&home, args),
         Command::Test(args) => commands::test::run(&home, args),
+        Command::Launch(args) => commands::launch::run(&home, args),
     };
     match result {
         Ok(code) => code,

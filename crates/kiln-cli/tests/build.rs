@@ -168,9 +168,31 @@ fn minimal_example_builds_boots_and_is_catalogued() {
     assert!(sums.status.success(), "{}", text(&sums.stdout));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
-    // The test stage booted the qcow2 from its own disk under UEFI to a login prompt.
-    assert_eq!(manifest["tests"][0]["name"], "boots-to-login-prompt");
-    assert_eq!(manifest["tests"][0]["status"], "passed");
+    // The test stage booted the image as a test instance and ran every built-in test and the
+    // component's test phase inside it.
+    let results: std::collections::BTreeMap<&str, &str> = manifest["tests"]["results"]
+        .as_array()
+        .expect("test results in the manifest")
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    for passed in [
+        "boots-to-multi-user",
+        "no-failed-units",
+        "survives-reboot",
+        "machine-id-unique",
+        "ssh-host-keys-unique",
+        "component:motd-and-admins/1.1.0",
+    ] {
+        assert_eq!(results.get(passed), Some(&"passed"), "{passed}: {results:?}");
+    }
+    // The minimal image configures no sysctl values, firewall or auditd: not applicable.
+    for skipped in ["sysctl-settings-in-force", "firewall-rules-loaded", "auditd-running"] {
+        assert_eq!(results.get(skipped), Some(&"skipped"), "{skipped}: {results:?}");
+    }
+    let junit = std::fs::read_to_string(out_dir.join("test-report/junit.xml")).unwrap();
+    assert!(junit.contains("tests=\"9\"") && junit.contains("failures=\"0\""), "{junit}");
+    assert!(std::fs::read_to_string(out_dir.join("test-console.log")).unwrap().contains("login:"));
     let packages = manifest["packages"].as_array().unwrap();
     assert!(packages.iter().any(|p| p["name"] == "linux-image-amd64"), "the kernel is in the package list");
     assert_eq!(manifest["components"][0]["name"], "motd-and-admins");
@@ -195,6 +217,9 @@ fn minimal_example_builds_boots_and_is_catalogued() {
     assert!(!listing.contains("ssh_host_"), "host keys were left in the image:\n{listing}");
     let machine_id = debugfs_root(&raw, "stat /etc/machine-id");
     assert!(machine_id.contains("Size: 0"), "the machine id is not empty:\n{machine_id}");
+    // The test instance wrote to its own overlay only: the image has no trace of the agent.
+    let wants = debugfs_root(&raw, "ls /etc/systemd/system/multi-user.target.wants");
+    assert!(!wants.contains("kiln-guest-agent"), "the agent unit leaked into the image:\n{wants}");
 }
 
 /// Run a debugfs request against the root partition (the last one) of a raw disk.
@@ -506,4 +531,381 @@ fn on_error_shell_opens_a_shell_in_the_failed_step_state() {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+/// A resource file: one component with the given phases (YAML, indented for `phases:`) on
+/// the bookworm parent, and optional extra recipe lines.
+fn one_component(dir: &Path, name: &str, phases: &str, recipe_extra: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.yml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"components:
+  - name: {name}
+    semanticVersion: 1.0.0
+    data: |
+      name: {name}
+      schemaVersion: 1.0
+      phases:
+{phases}
+imageRecipe:
+  name: {name}
+  semanticVersion: 1.0.0
+  parentImage: debian-12-x86
+  components:
+    - componentArn: {name}/1.0.0
+{recipe_extra}
+infrastructureConfiguration:
+  cpus: 2
+  memoryMib: 1024
+  testTimeoutSeconds: 240
+"#
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// The build phase (new for every test process, so its layer is new) and nothing else.
+fn touch_phase(extra: &str) -> String {
+    format!(
+        r#"        - name: build
+          steps:
+            - name: Mark
+              action: ExecuteBash
+              inputs:
+                commands:
+                  - echo {} > /etc/kiln-test-mark
+{extra}"#,
+        nonce()
+    )
+}
+
+fn qemu_processes_of(home: &Home) -> usize {
+    let out = Command::new("pgrep").args(["-f", "qemu-system"]).output().unwrap();
+    text(&out.stdout)
+        .lines()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim())).ok())
+        .filter(|cmd| cmd.contains(home.dir.path().to_str().unwrap()))
+        .count()
+}
+
+#[test]
+fn a_failing_component_test_phase_or_a_missing_root_fails_the_image_with_the_test_named() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A test phase with a hung step (killed by its timeout) and a failing check.
+    let phases = touch_phase(
+        r#"        - name: test
+          steps:
+            - name: Hangs
+              action: ExecuteBash
+              timeoutSeconds: 5
+              onFailure: Continue
+              inputs:
+                commands: ["sleep 600"]
+            - name: MarkIsThere
+              action: ExecuteBash
+              inputs:
+                commands: ["test -s /etc/kiln-test-mark"]
+            - name: WrongBanner
+              action: ExecuteBash
+              inputs:
+                commands: ["grep -q 'no such banner' /etc/issue"]"#,
+    );
+    let file = one_component(dir.path(), "failing-test-phase", &phases, "");
+    let (out, o) = home.build(&file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{o}\n{}", text(&out.stderr));
+    let images = home.images();
+    assert_eq!(images[0]["state"], "FAILED", "{}", images[0]);
+    let reason = images[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("component:failing-test-phase/1.0.0"), "the reason names the test: {reason}");
+    assert!(reason.contains("Hangs") && reason.contains("timed out"), "and the hung step: {reason}");
+    assert!(!reason.contains("no-failed-units"), "nothing else failed: {reason}");
+    let out_dir = PathBuf::from(images[0]["outputLocation"].as_str().unwrap());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("test-report/tests.json")).unwrap()).unwrap();
+    let tests = report["tests"].as_array().unwrap();
+    let case = tests.iter().find(|t| t["name"] == "component:failing-test-phase/1.0.0").unwrap();
+    let output = case["output"].as_str().unwrap();
+    // onFailure: Continue carried on after the timeout; the next steps ran in the guest.
+    assert!(
+        output.contains("test MarkIsThere success") && output.contains("test WrongBanner failed"),
+        "{case}"
+    );
+    assert!(tests.iter().filter(|t| t["status"] == "failed").count() == 1, "{tests:?}");
+    assert_eq!(qemu_processes_of(&home), 0, "no test instance is left running");
+
+    // A kernel command line that points at a root that does not exist: the initramfs gives up
+    // (after rootdelay) and the image fails on boots-to-multi-user, long before the timeout.
+    let started = std::time::Instant::now();
+    let file = one_component(
+        dir.path(),
+        "missing-root",
+        &touch_phase(""),
+        "  kernelCommandLine: root=PARTUUID=00000000-0000-4000-8000-000000000000 rootdelay=3",
+    );
+    let (out, o) = home.build(&file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{o}\n{}", text(&out.stderr));
+    let image = home.images().into_iter().find(|i| i["name"] == "missing-root").unwrap();
+    assert_eq!(image["state"], "FAILED");
+    let reason = image["reason"].as_str().unwrap();
+    assert!(reason.contains("boots-to-multi-user"), "{reason}");
+    assert!(reason.contains("root file system") || reason.contains("shell"), "the reason says why: {reason}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(240), "it failed fast, not at the timeout");
+    assert_eq!(qemu_processes_of(&home), 0);
+}
+
+#[test]
+fn a_unit_failing_at_boot_or_a_qemu_that_cannot_start_fails_kiln_test() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let phases = touch_phase(
+        r#"            - name: BrokenUnit
+              action: ExecuteBash
+              inputs:
+                commands:
+                  - printf '[Unit]\nDescription=broken on purpose\n[Service]\nType=oneshot\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/kiln-broken.service
+                  - systemctl enable kiln-broken.service"#,
+    );
+    let file = one_component(dir.path(), "broken-unit", &phases, "");
+    let out_dir = home.dir.path().join("broken");
+    let (out, o) = home.build(&file, &["--no-test", "--out", out_dir.to_str().unwrap()]);
+    ok(&out);
+    assert_eq!(o["outcome"]["state"], "AVAILABLE");
+    let disk = out_dir.join("broken-unit.qcow2");
+    let report_dir = home.dir.path().join("report");
+    let out = home.kiln(
+        &[
+            "test",
+            disk.to_str().unwrap(),
+            "--single-instance",
+            "--report",
+            report_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_name =
+        |n: &str| report["tests"].as_array().unwrap().iter().find(|t| t["name"] == n).cloned().unwrap();
+    assert_eq!(by_name("boots-to-multi-user")["status"], "passed", "a degraded system is still up");
+    let units = by_name("no-failed-units");
+    assert_eq!(units["status"], "failed");
+    assert!(units["reason"].as_str().unwrap().contains("kiln-broken.service"), "{units}");
+    assert_eq!(by_name("machine-id-unique")["status"], "skipped", "one instance only");
+    let junit = std::fs::read_to_string(report_dir.join("junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"1\""), "{junit}");
+    assert_eq!(qemu_processes_of(&home), 0);
+
+    // A guest that is not ready within the timeout: the wait ends then, with the reason.
+    let started = std::time::Instant::now();
+    let out =
+        home.kiln(&["test", disk.to_str().unwrap(), "--single-instance", "--timeout", "3", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let boots = &report["tests"][0];
+    assert_eq!(
+        (boots["name"].as_str(), boots["status"].as_str()),
+        (Some("boots-to-multi-user"), Some("failed"))
+    );
+    assert!(boots["reason"].as_str().unwrap().contains("within 3 s"), "{boots}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(qemu_processes_of(&home), 0);
+
+    // Firmware QEMU cannot load: a clear reason within seconds, nothing left behind.
+    let bogus = dir.path().join("not-firmware.fd");
+    std::fs::write(&bogus, b"not firmware").unwrap();
+    let vars = ["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("OVMF is installed");
+    let started = std::time::Instant::now();
+    let out = home.kiln(
+        &[
+            "test",
+            disk.to_str().unwrap(),
+            "--single-instance",
+            "--report",
+            report_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[("KILN_OVMF_CODE", bogus.to_str().unwrap()), ("KILN_OVMF_VARS", vars)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let boots = &report["tests"][0];
+    assert_eq!(boots["status"], "failed");
+    assert!(boots["reason"].as_str().unwrap().contains("QEMU"), "{boots}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(qemu_processes_of(&home), 0);
+    let leftovers: Vec<_> =
+        std::fs::read_dir(home.dir.path().join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "overlays were removed: {leftovers:?}");
+}
+
+#[test]
+fn the_vm_builder_runs_the_build_phase_in_a_booted_system_with_real_reboots() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm-built.yml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"components:
+  - name: needs-a-running-system
+    semanticVersion: 1.0.0
+    data: |
+      name: needs-a-running-system
+      schemaVersion: 1.0
+      phases:
+        - name: build
+          steps:
+            - name: Services
+              action: ExecuteBash
+              inputs:
+                commands:
+                  - echo {nonce}
+                  - cat /proc/sys/kernel/random/boot_id > /var/tmp/kiln-first-boot
+                  - systemctl start systemd-hostnamed
+                  - systemctl is-active systemd-hostnamed > /etc/kiln-vm-built
+            - name: Restart
+              action: Reboot
+            - name: AfterReboot
+              action: ExecuteBash
+              inputs:
+                commands:
+                  - test "$(cat /proc/sys/kernel/random/boot_id)" != "$(cat /var/tmp/kiln-first-boot)"
+                  - cat /proc/sys/kernel/random/boot_id > /etc/kiln-second-boot
+        - name: validate
+          steps:
+            - name: Check
+              action: ExecuteBash
+              inputs:
+                commands:
+                  - grep -qx active /etc/kiln-vm-built
+                  - test -s /etc/kiln-second-boot
+imageRecipe:
+  name: vm-built
+  semanticVersion: 1.0.0
+  parentImage: debian-12-x86
+  components:
+    - componentArn: needs-a-running-system/1.0.0
+infrastructureConfiguration:
+  builder: vm
+  cpus: 2
+  memoryMib: 1024
+  testTimeoutSeconds: 240
+distributionConfiguration:
+  distributions:
+    - region: local
+      formats: [raw, qcow2]
+"#,
+            nonce = nonce()
+        ),
+    )
+    .unwrap();
+    let out_dir = home.dir.path().join("out");
+    let (out, o) = home.build(&file, &["--no-test", "--out", out_dir.to_str().unwrap()]);
+    ok(&out);
+    assert_eq!(o["outcome"]["state"], "AVAILABLE", "{o}");
+    let raw = out_dir.join("vm-built.raw");
+    // A service was started and queried in the running system, and the step after the Reboot
+    // action ran in a new boot.
+    assert_eq!(debugfs_root(&raw, "cat /etc/kiln-vm-built").trim(), "active");
+    assert!(!debugfs_root(&raw, "cat /etc/kiln-second-boot").trim().is_empty());
+    // Nothing of the build VM is left: no agent unit, an empty machine id.
+    let wants = debugfs_root(&raw, "ls /etc/systemd/system/multi-user.target.wants");
+    assert!(!wants.contains("kiln-guest-agent"), "{wants}");
+    assert!(!debugfs_root(&raw, "ls /etc/systemd/system").contains("kiln-guest-agent"));
+    assert!(debugfs_root(&raw, "stat /etc/machine-id").contains("Size: 0"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["components"][0]["builder"], "vm");
+    // The same recipe again reuses the VM-built layer.
+    let (out, o) = home.build(&file, &["--no-test"]);
+    ok(&out);
+    assert_eq!(o["outcome"]["layersBuilt"].as_u64(), Some(0), "{o}");
+}
+
+#[test]
+fn kiln_launch_boots_a_catalogued_image_detached_with_ssh_forwarded_and_records_it() {
+    let home = Home::new();
+    let example = workspace().join("examples/minimal/minimal.yml");
+    let (out, o) = home.build(&example, &["--no-test"]);
+    ok(&out);
+    assert_eq!(o["outcome"]["state"], "AVAILABLE");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let user_data = dir.path().join("user-data");
+    std::fs::write(&user_data, "#cloud-config\nhostname: tried-by-hand\n").unwrap();
+    let port_s = port.to_string();
+    let out = home.kiln(
+        &[
+            "launch",
+            "minimal/1.0.0",
+            "--detach",
+            "--ssh-port",
+            &port_s,
+            "--user-data",
+            user_data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    ok(&out);
+    let stdout = text(&out.stdout);
+    let pid: u32 = stdout
+        .split("QEMU pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout}"));
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+    let _kill = Kill(pid);
+    let console = PathBuf::from(
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("console:  tail -f "))
+            .expect("console path")
+            .trim(),
+    );
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap().replace('\0', " ");
+    assert!(cmdline.contains(&format!("hostfwd=tcp:127.0.0.1:{port}-:22")), "{cmdline}");
+    assert!(cmdline.contains("seed.img"), "the NoCloud seed is attached: {cmdline}");
+    // It keeps running after kiln has exited, boots to a login prompt, and its sshd answers on
+    // the forwarded port.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    let mut key = String::new();
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_to_string(&console).unwrap_or_default().contains("login:") {
+            let scan =
+                Command::new("ssh-keyscan").args(["-T", "5", "-p", &port_s, "127.0.0.1"]).output().unwrap();
+            key = text(&scan.stdout);
+            if key.contains("ssh-") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    assert!(
+        key.contains("ssh-ed25519") || key.contains("ssh-rsa"),
+        "sshd answered on 127.0.0.1:{port}: {key:?}"
+    );
+    // The launch is recorded as usage of the image.
+    let show = home.kiln(&["image", "show", "minimal/1.0.0", "--json"], &[]);
+    ok(&show);
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let usage = shown["usage"].as_array().expect("usage in image show");
+    assert_eq!(usage.len(), 1, "{shown}");
+    assert_eq!(usage[0]["kind"], "launch");
+    assert_eq!(usage[0]["details"]["sshPort"], port);
 }

@@ -192,6 +192,12 @@ pub struct VmConfig {
     /// Keep QEMU running when kiln exits (for an instance left for inspection); by default it
     /// dies with the thread that started it.
     pub outlive_kiln: bool,
+    /// A network device (QEMU `-nic` value, such as user-mode networking with a port
+    /// forwarded on 127.0.0.1); `None` gives the guest no network device at all.
+    pub nic: Option<String>,
+    /// Attach the serial console (and QEMU's monitor, Ctrl-A C) to kiln's terminal instead of
+    /// a log file.
+    pub interactive: bool,
 }
 
 impl VmConfig {
@@ -212,6 +218,8 @@ impl VmConfig {
             snapshot: true,
             extra_args: Vec::new(),
             outlive_kiln: false,
+            nic: None,
+            interactive: false,
         }
     }
 }
@@ -241,7 +249,9 @@ impl Vm {
         cmd.args(["-machine", "q35", "-accel", &accel.to_string()])
             .args(["-cpu", if accel == Accel::Kvm { "host" } else { "max" }])
             .args(["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.cpus.to_string()])
-            .args(["-nodefaults", "-display", "none", "-monitor", "none", "-nic", "none"])
+            .args(["-nodefaults", "-display", "none"])
+            .args(if cfg.interactive { &[][..] } else { &["-monitor", "none"][..] })
+            .args(["-nic", cfg.nic.as_deref().unwrap_or("none")])
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", qemu_path(&cfg.firmware.code)))
             .arg("-drive")
@@ -254,11 +264,13 @@ impl Vm {
                 if cfg.snapshot { ",snapshot=on" } else { "" }
             ))
             .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args(&cfg.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err_file);
+            .arg(if cfg.interactive { "mon:stdio".to_string() } else { format!("file:{}", serial.display()) })
+            .args(&cfg.extra_args);
+        if cfg.interactive {
+            cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(err_file);
+        } else {
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err_file);
+        }
         // QEMU dies with the thread that started it, so a killed kiln leaves no guest running.
         if !cfg.outlive_kiln {
             // SAFETY: prctl(2) is async-signal-safe; the closure runs in the child before exec.
@@ -299,6 +311,16 @@ impl Vm {
             }
             _ => None,
         }
+    }
+
+    /// Waits for QEMU to exit (an interactive session ends when the user quits).
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus, QemuError> {
+        let mut c = self.child.take().ok_or_else(|| QemuError::Io {
+            action: "waiting for",
+            path: PathBuf::from(QEMU),
+            source: std::io::Error::other("QEMU is not running"),
+        })?;
+        c.wait().map_err(io_err("waiting for", Path::new(QEMU)))
     }
 
     /// When QEMU started.

@@ -37,6 +37,10 @@ pub struct InstanceConfig {
     pub ready_timeout: Duration,
     /// Keep QEMU running after kiln exits when the instance is kept.
     pub outlive_kiln: bool,
+    /// A network device (QEMU `-nic` value); `None`: the guest has no network device.
+    pub nic: Option<String>,
+    /// Added to the base environment of every step run in the guest.
+    pub env: Vec<(String, String)>,
 }
 
 /// A booted instance with its agent.
@@ -84,6 +88,7 @@ impl Instance {
         vm_cfg.cpus = cfg.cpus;
         vm_cfg.memory_mib = cfg.memory_mib;
         vm_cfg.outlive_kiln = cfg.outlive_kiln;
+        vm_cfg.nic = cfg.nic.clone();
         vm_cfg.extra_args = vec![
             "-drive".into(),
             format!("if=virtio,format=raw,readonly=on,file={}", prepare::qemu_path(&agent_disk)),
@@ -100,9 +105,14 @@ impl Instance {
         let started = vm.started();
         let stderr = cfg.work_dir.join("qemu.stderr");
         let watchdog = watchdog(vm.pid().unwrap_or(0), serial.clone(), stderr);
+        let mut env = kiln_sandbox::SandboxConfig::default_env();
+        for (k, v) in &cfg.env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
         let opts = GuestOptions {
-            env: kiln_sandbox::SandboxConfig::default_env(),
-            network: false,
+            env,
+            network: cfg.nic.is_some(),
             ready_timeout: cfg.ready_timeout,
             watchdog,
             description: format!("test instance of {} (QEMU, {accel})", cfg.image.display()),
@@ -175,6 +185,42 @@ impl Instance {
             });
         }
         Ok(Readiness { state, after: started.elapsed() })
+    }
+
+    /// The copy-on-write overlay the guest writes to.
+    pub fn overlay(&self) -> PathBuf {
+        self.work_dir.join("overlay.qcow2")
+    }
+
+    /// Flushes the guest's file systems and powers it off; waits up to `timeout` for QEMU to
+    /// exit (and kills it after that, which loses nothing: the file systems were synced).
+    pub fn power_off(&mut self, timeout: Duration) -> Result<(), InstanceError> {
+        let run = |argv: &[&str]| {
+            let req = ExecRequest {
+                argv: argv.iter().map(|a| a.to_string()).collect(),
+                timeout: Some(Duration::from_secs(120)),
+                ..Default::default()
+            };
+            self.session.exec(&req)
+        };
+        let sync = run(&["sync"]).map_err(|e| InstanceError::Qemu(format!("sync in the guest: {e}")))?;
+        if !sync.status.success() {
+            return Err(InstanceError::Qemu(format!("sync in the guest ended with {:?}", sync.status)));
+        }
+        run(&["systemctl", "poweroff", "--no-block"])
+            .map_err(|e| InstanceError::Qemu(format!("asking the guest to power off: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        if let Some(vm) = self.vm.as_mut() {
+            while vm.exited().is_none() {
+                if Instant::now() >= deadline {
+                    vm.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        self.vm = None;
+        Ok(())
     }
 
     /// Leaves the instance running for inspection; says how to reach it.

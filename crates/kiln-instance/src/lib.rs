@@ -20,11 +20,13 @@
 //! file and its `multi-user.target.wants` link, written into the throwaway overlay.
 
 mod instance;
+mod launch;
 mod prepare;
 mod report;
 mod suite;
 
 pub use instance::{Instance, InstanceConfig, KeptInstance, Readiness, fatal_console};
+pub use launch::{LaunchOptions, Launched, launch, nocloud_seed};
 pub use prepare::{AGENT_PORT, AGENT_UNIT, PREPARE_ARG, agent_disk, make_overlay, prepare_main_if_requested};
 pub use report::{TestCase, TestReport, TestStatus};
 pub use suite::{BUILTIN_TESTS, ExtraTests, SuiteOptions, SuiteOutcome, run_suite};

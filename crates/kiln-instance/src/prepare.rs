@@ -34,7 +34,7 @@ pub const AGENT_LABEL: &str = "KILN-AGENT";
 /// The unit added to the overlay (and only to it).
 pub const AGENT_UNIT: &str = "kiln-guest-agent.service";
 
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn tool(name: &str) -> Command {
     let mut c = Command::new(name);

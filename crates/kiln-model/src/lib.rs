@@ -14,7 +14,7 @@ pub mod version;
 
 pub use arn::Arn;
 pub use resource::{
-    ComponentConfig, ComponentParameter, ComponentResource, DiskLayoutSpec, Distribution,
+    BuilderKind, ComponentConfig, ComponentParameter, ComponentResource, DiskLayoutSpec, Distribution,
     DistributionConfiguration, ImageRecipe, InfrastructureConfiguration, NetworkPolicy, PartitionSpec,
     ResourceFile, load_resource_file, parse_resource_file,
 };

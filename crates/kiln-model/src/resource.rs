@@ -181,6 +181,12 @@ pub struct InfrastructureConfiguration {
     /// kiln extension: how long the test instance may take to boot, seconds.
     #[serde(default = "default_test_timeout")]
     pub test_timeout_seconds: u64,
+    /// kiln extension: where the build and validate phases run: `sandbox` (default; namespaces
+    /// over the image's tree, one cached layer per component) or `vm` (a booted VM of the
+    /// image so far, for components that need a running system: services, kernel modules, a
+    /// real reboot).
+    #[serde(default)]
+    pub builder: BuilderKind,
 }
 
 impl Default for InfrastructureConfiguration {
@@ -198,6 +204,7 @@ impl Default for InfrastructureConfiguration {
             cpus: two(),
             memory_mib: default_memory(),
             test_timeout_seconds: default_test_timeout(),
+            builder: BuilderKind::Sandbox,
         }
     }
 }
@@ -213,6 +220,15 @@ fn default_memory() -> u32 {
 }
 fn default_test_timeout() -> u64 {
     300
+}
+
+/// kiln extension: where build steps run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    #[default]
+    Sandbox,
+    Vm,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -560,6 +560,25 @@ impl Store {
         Ok(())
     }
 
+    /// Record where the image's output folder is, before there is a manifest: a build that
+    /// fails still says where its logs and reports are.
+    pub async fn set_output_location(&self, arn: &str, output_location: &str) -> Result<()> {
+        let done = with_pool!(self, pool => {
+            sqlx::query("UPDATE images SET output_location = $1, updated_at = $2 WHERE arn = $3")
+                .bind(output_location)
+                .bind(fmt_ts(now()))
+                .bind(arn)
+                .execute(pool)
+                .await
+                .map_err(db("record an image's output folder"))?
+                .rows_affected()
+        });
+        if done == 0 {
+            return Err(StoreError::ImageNotFound { what: arn.to_owned() });
+        }
+        Ok(())
+    }
+
     /// Replace the image's tags.
     pub async fn set_image_tags(&self, arn: &str, tags: &Tags) -> Result<()> {
         let done = with_pool!(self, pool => {

@@ -22,6 +22,7 @@ mod images;
 mod jobs;
 mod layers;
 mod recipes;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ pub use jobs::{DEFAULT_MAX_ATTEMPTS, Job, JobState, NewJob};
 pub use kiln_model::version::{MAX_VERSION_PART, SemVer as Version, VersionError, VersionFilter};
 pub use layers::Layer;
 pub use recipes::{NewRecipe, Recipe};
+pub use usage::UsageEvent;
 
 /// Resource tags: key → value, kept sorted.
 pub type Tags = BTreeMap<String, String>;

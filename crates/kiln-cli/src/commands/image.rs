@@ -50,10 +50,13 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                 kiln.block_on(store.get_image(name, &version, build))
             }?;
             let history = kiln.block_on(store.image_history(&found.arn))?;
+            let usage = kiln.block_on(store.list_usage(Some(&found.arn)))?;
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "image": found, "history": history }))?
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "image": found, "history": history, "usage": usage })
+                    )?
                 );
             } else {
                 println!("{}", found.arn);
@@ -68,6 +71,9 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                 }
                 for h in &history {
                     println!("  {}  {:<10} {}", h.at, h.to.as_str(), h.reason.as_deref().unwrap_or_default());
+                }
+                for u in &usage {
+                    println!("  {}  {:<10} {}", u.at, u.kind, u.details);
                 }
             }
         }

@@ -4,5 +4,6 @@ pub mod build;
 pub mod cache;
 pub mod component;
 pub mod image;
+pub mod launch;
 pub mod scan;
 pub mod test;

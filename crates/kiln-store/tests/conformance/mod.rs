@@ -721,3 +721,41 @@ pub async fn layer_index_touch_prune_remove(store: &Store) {
     assert!(matches!(store.touch_layer("sha256:aaa").await, Err(StoreError::LayerNotFound { .. })));
     assert_eq!(store.list_layers().await.unwrap().len(), 1);
 }
+
+pub async fn usage_is_recorded_per_image_in_order(store: &Store) {
+    let a = "arn:aws:imagebuilder:local:000000000000:image/a/1.0.0/1";
+    let b = "arn:aws:imagebuilder:local:000000000000:image/b/1.0.0/1";
+    let first = store.record_usage(a, "launch", &json!({ "sshPort": 2222 })).await.unwrap();
+    let second = store.record_usage(b, "launch", &json!({})).await.unwrap();
+    let third = store.record_usage(a, "launch", &json!({ "detached": true })).await.unwrap();
+    assert!(first < second && second < third);
+    let of_a = store.list_usage(Some(a)).await.unwrap();
+    assert_eq!(of_a.iter().map(|e| e.id).collect::<Vec<_>>(), [first, third]);
+    assert_eq!(of_a[0].details["sshPort"], 2222);
+    assert!(of_a.iter().all(|e| e.kind == "launch" && e.image_arn == a));
+    assert_eq!(store.list_usage(None).await.unwrap().len(), 3);
+    assert!(store.list_usage(Some("arn:none")).await.unwrap().is_empty());
+}
+
+pub async fn image_output_location_is_recorded_before_the_manifest(store: &Store) {
+    let img = store
+        .create_image(&NewImage {
+            name: "early".into(),
+            version: v("1.0.0"),
+            region: "local".into(),
+            account: "000000000000".into(),
+            recipe: json!({}),
+            tags: Tags::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(img.output_location, None);
+    store.set_output_location(&img.arn, "/var/lib/kiln/images/early/1.0.0/1").await.unwrap();
+    let got = store.get_image_by_arn(&img.arn).await.unwrap();
+    assert_eq!(got.output_location.as_deref(), Some("/var/lib/kiln/images/early/1.0.0/1"));
+    assert_eq!(got.manifest, None);
+    assert!(matches!(
+        store.set_output_location("arn:aws:imagebuilder:local:000000000000:image/none/1.0.0/1", "/x").await,
+        Err(StoreError::ImageNotFound { .. })
+    ));
+}
