@@ -211,9 +211,10 @@ impl Kiln {
                 .map_err(|e| BuildError::Parent(e.to_string()))?;
             let layout = disk_layout(&file)?;
             let formats = output_formats(&file)?;
-            Ok((components, parent, layout, formats))
+            let scan_policy = crate::scan::check(&file.image_scanning_configuration, &base_dir, &self.home)?;
+            Ok((components, parent, layout, formats, scan_policy))
         })();
-        let (components, parent, layout, formats) = checked.map_err(fail)?;
+        let (components, parent, layout, formats, scan_policy) = checked.map_err(fail)?;
         let out_dir = req.out_dir.clone().unwrap_or_else(|| {
             self.home
                 .join("images")
@@ -229,6 +230,7 @@ impl Kiln {
             parent: &parent,
             layout: &layout,
             formats: &formats,
+            scan_policy: &scan_policy,
             arn: &arn,
             out_dir: &out_dir,
             progress,
@@ -392,6 +394,7 @@ struct BuildCtx<'a> {
     parent: &'a kiln_parent::ParentRef,
     layout: &'a kiln_image::DiskLayout,
     formats: &'a [kiln_image::OutputFormat],
+    scan_policy: &'a crate::scan::ScanPolicy,
     arn: &'a str,
     out_dir: &'a Path,
     progress: &'a dyn BuildProgress,
@@ -666,7 +669,7 @@ impl BuildCtx<'_> {
             kiln_image::stage(&source, self.layout, &options).map_err(|e| BuildError::Image(e.to_string()))
         })?;
         let version = recipe.semantic_version.clone();
-        let (packages, sboms) = self.stage("inventory", || {
+        let (inventory, packages, sboms) = self.stage("inventory", || {
             let inventory = kiln_scan::Inventory::from_root(staged.root_view())
                 .map_err(|e| BuildError::Image(format!("inventory of the image: {e}")))?;
             let subject = kiln_scan::sbom::SbomSubject {
@@ -689,7 +692,10 @@ impl BuildCtx<'_> {
                 .iter()
                 .map(|p| json!({ "name": p.name, "version": p.version.to_string(), "arch": p.arch, "source": p.source_name }))
                 .collect();
-            Ok((packages, sboms))
+            Ok((inventory, packages, sboms))
+        })?;
+        let scan = self.stage("scan", || {
+            crate::scan::stage(self.kiln, self.arn, self.out_dir, &inventory, self.scan_policy)
         })?;
         let disk =
             self.stage("assemble", || staged.assemble().map_err(|e| BuildError::Image(e.to_string())))?;
@@ -719,11 +725,13 @@ impl BuildCtx<'_> {
         }
         let mut extra_files = sboms.clone();
         extra_files.push(log_path.clone());
-        for path in &sboms {
+        extra_files.extend(scan.report.clone());
+        let reports = sboms.iter().map(|p| (p, "sbom")).chain(scan.report.iter().map(|p| (p, "scan-report")));
+        for (path, format) in reports {
             let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let digest = sha256_file(path)?;
             sums.push_str(&format!("{digest}  {file}\n"));
-            artifacts.push(json!({ "file": file, "format": "sbom", "sha256": digest }));
+            artifacts.push(json!({ "file": file, "format": format, "sha256": digest }));
         }
         let timings: BTreeMap<String, u64> =
             self.timings.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
@@ -740,6 +748,7 @@ impl BuildCtx<'_> {
             "artifacts": artifacts,
             "disk": disk,
             "tests": tests,
+            "scan": scan.manifest,
             "sourceDateEpoch": disk.source_date_epoch,
             "nonReproducible": disk.non_reproducible,
             "timingsMs": timings,

@@ -51,6 +51,10 @@ conformance_tests! {
     job_exhausted_attempts_fail,
     job_cancel_queued_and_running,
     layer_index_touch_prune_remove,
+    scan_inventory_is_kept_and_replaced,
+    scan_findings_are_new_only_against_the_previous_scan,
+    scan_findings_list_filters_and_pages,
+    scan_rebuild_marks_set_replace_clear_and_list,
 }
 
 #[tokio::test]
@@ -142,7 +146,7 @@ async fn reopen_keeps_data_and_does_not_rerun_migrations() {
         store.close().await;
     }
     let store = Store::open(path).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
     let c = store.get_component("hello", &"1.0.0".parse().unwrap()).await.unwrap();
     assert_eq!(c.source, ComponentSource::Builtin);
     assert_eq!(store.get_image_by_arn(&arn).await.unwrap().state, ImageState::Building);
