@@ -4,9 +4,10 @@
 //! (by name and version, from the resource file or the catalogue), make the parent's base
 //! layer, run each component's build phase in the sandbox on an overlay over the layers below
 //! (each result a cached, content-addressed layer), run the validate phases, add the
-//! golden-image cleanup layer, stage the merged tree, take its inventory and SBOMs, assemble
+//! golden-image cleanup layer, stage the merged tree, take its inventory and SBOMs, scan it
+//! against the stored vulnerability feeds under the recipe's policy ([`scan`]), assemble
 //! the disk in every format asked for, boot it once as the test stage, and write the output
-//! folder (disks, `manifest.json`, `SHA256SUMS`, `build-log.jsonl`, SBOMs) while the catalogue
+//! folder (disks, `manifest.json`, `SHA256SUMS`, `build-log.jsonl`, SBOMs, `scan.json`) while the catalogue
 //! records every state transition. It knows recipes and stages, not how any one stage works:
 //! that belongs to kiln-parent, kiln-sandbox, kiln-component, kiln-image, kiln-scan and
 //! kiln-store.
@@ -15,6 +16,7 @@ pub mod cleanup;
 pub mod layers;
 mod pipeline;
 pub mod run;
+pub mod scan;
 pub mod test_stage;
 mod vm_build;
 
@@ -40,6 +42,15 @@ pub enum BuildError {
     Cleanup(String),
     #[error("disk assembly: {0}")]
     Image(String),
+    /// The resource file's scan policy is wrong; nothing was built.
+    #[error("imageScanningConfiguration: {0}")]
+    ScanPolicy(String),
+    /// The image could not be scanned (a feed failed to import, no feeds for a gate).
+    #[error("scan stage: {0}")]
+    Scan(String),
+    /// The scan found what the policy's `failOn` does not allow.
+    #[error("vulnerability scan gate failed: {0}")]
+    ScanGate(String),
     #[error("test stage: {0}")]
     Test(String),
     #[error("catalogue: {0}")]

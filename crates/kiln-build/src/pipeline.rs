@@ -216,9 +216,10 @@ impl Kiln {
                 .map_err(|e| BuildError::Parent(e.to_string()))?;
             let layout = disk_layout(&file)?;
             let formats = output_formats(&file)?;
-            Ok((components, parent, layout, formats))
+            let scan_policy = crate::scan::check(&file.image_scanning_configuration, &base_dir, &self.home)?;
+            Ok((components, parent, layout, formats, scan_policy))
         })();
-        let (components, parent, layout, formats) = checked.map_err(fail)?;
+        let (components, parent, layout, formats, scan_policy) = checked.map_err(fail)?;
         let out_dir = req.out_dir.clone().unwrap_or_else(|| {
             self.home
                 .join("images")
@@ -234,6 +235,7 @@ impl Kiln {
             parent: &parent,
             layout: &layout,
             formats: &formats,
+            scan_policy: &scan_policy,
             arn: &arn,
             out_dir: &out_dir,
             progress,
@@ -397,6 +399,7 @@ struct BuildCtx<'a> {
     parent: &'a kiln_parent::ParentRef,
     layout: &'a kiln_image::DiskLayout,
     formats: &'a [kiln_image::OutputFormat],
+    scan_policy: &'a crate::scan::ScanPolicy,
     arn: &'a str,
     out_dir: &'a Path,
     progress: &'a dyn BuildProgress,
@@ -707,7 +710,7 @@ impl BuildCtx<'_> {
             kiln_image::stage(&source, self.layout, &options).map_err(|e| BuildError::Image(e.to_string()))
         })?;
         let version = recipe.semantic_version.clone();
-        let (packages, sboms) = self.stage("inventory", || {
+        let (inventory, packages, sboms) = self.stage("inventory", || {
             let inventory = kiln_scan::Inventory::from_root(staged.root_view())
                 .map_err(|e| BuildError::Image(format!("inventory of the image: {e}")))?;
             let subject = kiln_scan::sbom::SbomSubject {
@@ -730,7 +733,10 @@ impl BuildCtx<'_> {
                 .iter()
                 .map(|p| json!({ "name": p.name, "version": p.version.to_string(), "arch": p.arch, "source": p.source_name }))
                 .collect();
-            Ok((packages, sboms))
+            Ok((inventory, packages, sboms))
+        })?;
+        let scan = self.stage("scan", || {
+            crate::scan::stage(self.kiln, self.arn, self.out_dir, &inventory, self.scan_policy)
         })?;
         let disk =
             self.stage("assemble", || staged.assemble().map_err(|e| BuildError::Image(e.to_string())))?;
@@ -789,11 +795,19 @@ impl BuildCtx<'_> {
         let mut extra_files = sboms.clone();
         extra_files.push(log_path.clone());
         extra_files.extend(test_files.iter().cloned());
-        for path in &sboms {
-            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        extra_files.extend(scan.report.clone());
+        let test_formats = ["test-report", "junit", "test-console"];
+        let reports = sboms
+            .iter()
+            .map(|p| (p, "sbom"))
+            .chain(scan.report.iter().map(|p| (p, "scan-report")))
+            .chain(test_files.iter().zip(test_formats));
+        for (path, format) in reports {
+            // Relative to the output folder, as `sha256sum -c SHA256SUMS` there reads it.
+            let file = path.strip_prefix(self.out_dir).unwrap_or(path).display().to_string();
             let digest = sha256_file(path)?;
             sums.push_str(&format!("{digest}  {file}\n"));
-            artifacts.push(json!({ "file": file, "format": "sbom", "sha256": digest }));
+            artifacts.push(json!({ "file": file, "format": format, "sha256": digest }));
         }
         let timings: BTreeMap<String, u64> =
             self.timings.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
@@ -810,6 +824,7 @@ impl BuildCtx<'_> {
             "artifacts": artifacts,
             "disk": disk,
             "tests": tests,
+            "scan": scan.manifest,
             "sourceDateEpoch": disk.source_date_epoch,
             "nonReproducible": disk.non_reproducible,
             "timingsMs": timings,

@@ -45,12 +45,15 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a resource file: parent, components layer by layer (cached),
-    /// validate, golden-image cleanup, disk assembly, SBOMs, a boot test, the catalogue.
+    /// validate, golden-image cleanup, SBOMs, a vulnerability scan, disk assembly, a boot
+    /// test, the catalogue.
     ///
     /// The resource file holds `components`, an `imageRecipe`, an
     /// `infrastructureConfiguration` and a `distributionConfiguration`, with Image Builder's
     /// names (see examples/). The output folder gets the disk in each format, manifest.json,
-    /// SHA256SUMS, sbom.cdx.json, sbom.spdx.json and build-log.jsonl. Needs root.
+    /// SHA256SUMS, sbom.cdx.json, sbom.spdx.json, scan.json (the vulnerability scan under the
+    /// file's imageScanningConfiguration, against the feeds in KILN_HOME/feeds) and
+    /// build-log.jsonl. Needs root.
     Build(BuildArgs),
 
     /// Work with AWSTOE-compatible component documents: validate them, run them into a root.
@@ -65,7 +68,8 @@ pub enum Command {
     #[command(subcommand)]
     Cache(CacheCommand),
 
-    /// Scan an image, disk file or root directory for known vulnerabilities.
+    /// Scan an image, disk file or root directory for known vulnerabilities, or rescan the
+    /// whole catalogue against the newest feeds.
     ///
     /// The inventory comes from the target's dpkg database and /etc/os-release; it is matched
     /// with exact Debian version semantics against the vulnerability feeds in KILN_HOME/feeds.
@@ -73,9 +77,16 @@ pub enum Command {
     /// feed is rejected and the previously imported data keeps answering); without `--feed` the
     /// stored feeds are used; with it, only the feeds given.
     ///
+    /// `--catalogue` rescans every AVAILABLE image from the inventory kept at build time (an
+    /// image built before kiln kept inventories has its disk read once; needs root) against
+    /// every stored feed, after importing any `--feed`. Each scan is recorded with the
+    /// findings that are new since the image's previous scan, and an image with findings that
+    /// have a fix available is marked as needing a rebuild (`kiln image show` says why); the
+    /// mark is cleared when a rescan finds none.
+    ///
     /// Exit codes: 0 the scan ran (and passed `--fail-on`, if given); 1 a finding at or above
-    /// the `--fail-on` severity remains; 2 the command line was wrong; 3 the scan could not run
-    /// (no feeds, a bad feed, an unreadable target).
+    /// the `--fail-on` severity remains (in any image, with --catalogue); 2 the command line was
+    /// wrong; 3 the scan could not run (no feeds, a bad feed, an unreadable target or image).
     ///
     /// Examples:
     ///
@@ -84,6 +95,8 @@ pub enum Command {
     ///   kiln scan my-image/1.0.0 --feed https://security-tracker.debian.org/tracker/data/json
     ///
     ///   kiln scan disk.qcow2 --format sarif --fail-on HIGH --only-fixable
+    ///
+    ///   kiln scan --catalogue --feed https://security-tracker.debian.org/tracker/data/json --format json
     #[command(verbatim_doc_comment)]
     Scan(ScanArgs),
 
@@ -194,23 +207,30 @@ pub struct TestArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["target", "catalogue"])))]
 pub struct ScanArgs {
     /// What to scan: a root directory (an unpacked image), a raw or qcow2 disk file (imported
     /// into a temporary directory; needs root), or a catalogued image NAME/VERSION[/BUILD] or
-    /// its ARN (its disk from the output folder).
+    /// its ARN (its disk from the output folder). Give TARGET or --catalogue.
     #[arg(value_name = "TARGET")]
-    pub target: String,
+    pub target: Option<String>,
+
+    /// Rescan every AVAILABLE image in the catalogue instead of one TARGET, record the scans
+    /// and set or clear each image's needs-rebuild mark.
+    #[arg(long)]
+    pub catalogue: bool,
 
     /// Import a feed into KILN_HOME/feeds before scanning: the Debian Security Tracker JSON, an
     /// OSV JSON record, a directory or zip of OSV records, or an http(s) URL of one (fetched
     /// with If-None-Match/If-Modified-Since). The format is detected from the content. Repeat
-    /// for several. The scan then uses only the feeds given; without --feed, every feed in the
-    /// store answers.
+    /// for several. A TARGET is then scanned with only the feeds given; without --feed, and
+    /// always with --catalogue, every feed in the store answers.
     #[arg(long = "feed", value_name = "PATH|URL")]
     pub feeds: Vec<String>,
 
     /// Output: `table` (readable), `json` (one object: target, inventory, feeds, findings in
-    /// Image Builder's ImageScanFinding shape, summary) or `sarif` (SARIF 2.1.0).
+    /// Image Builder's ImageScanFinding shape, summary; with --catalogue: `images` and
+    /// `feeds`) or `sarif` (SARIF 2.1.0; one TARGET only).
     #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
     pub format: ScanFormat,
 
@@ -225,6 +245,7 @@ pub struct ScanArgs {
 
     /// Ignore a vulnerability: ID:REASON or ID:REASON:YYYY-MM-DD (in force until that date,
     /// inclusive). ID may be PACKAGE/ID to ignore it for one binary package only. Repeatable.
+    /// With --catalogue, each image's recipe's ignore rules apply as well.
     #[arg(long = "ignore", value_name = "ID:REASON[:DATE]")]
     pub ignore: Vec<String>,
 }

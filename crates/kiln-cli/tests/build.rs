@@ -145,11 +145,29 @@ imageRecipe:
     file
 }
 
+/// A Debian Security Tracker feed with two made-up bookworm vulnerabilities in packages every
+/// kiln image has: one in bash with a fix (at `bash_urgency`), one in sudo without.
+fn bookworm_feed(dir: &Path, bash_urgency: &str) -> PathBuf {
+    let feed = dir.join("feed.json");
+    let body = serde_json::json!({
+        "bash": { "CVE-2099-1001": { "description": "made up for kiln's tests", "releases": {
+            "bookworm": { "status": "resolved", "fixed_version": "99.0-1", "urgency": bash_urgency,
+                          "repositories": { "bookworm": "5.2.15-2" } } } } },
+        "sudo": { "CVE-2099-1002": { "releases": {
+            "bookworm": { "status": "open", "urgency": "unimportant", "repositories": { "bookworm": "1.9.13p3-1" } } } } },
+    });
+    std::fs::write(&feed, serde_json::to_vec(&body).unwrap()).unwrap();
+    feed
+}
+
 #[test]
 fn minimal_example_builds_boots_and_is_catalogued() {
     let home = Home::new();
     let out_dir = home.dir.path().join("out");
     let example = workspace().join("examples/minimal/minimal.yml");
+    // A feed in the store: the example has no scan policy, so the build scans against it.
+    let feed = bookworm_feed(home.dir.path(), "low");
+    ok(&home.kiln(&["scan", "--catalogue", "--feed", feed.to_str().unwrap()], &[]));
     let (out, outcome) = home.build(&example, &["--out", out_dir.to_str().unwrap()]);
     ok(&out);
     assert_eq!(outcome["outcome"]["state"], "AVAILABLE", "{outcome}");
@@ -161,6 +179,7 @@ fn minimal_example_builds_boots_and_is_catalogued() {
         "build-log.jsonl",
         "sbom.cdx.json",
         "sbom.spdx.json",
+        "scan.json",
     ] {
         assert!(out_dir.join(f).is_file(), "{f} is missing");
     }
@@ -196,6 +215,33 @@ fn minimal_example_builds_boots_and_is_catalogued() {
     let packages = manifest["packages"].as_array().unwrap();
     assert!(packages.iter().any(|p| p["name"] == "linux-image-amd64"), "the kernel is in the package list");
     assert_eq!(manifest["components"][0]["name"], "motd-and-admins");
+    // The scan report is beside the image, listed in the manifest and summed.
+    let arn = outcome["outcome"]["arn"].as_str().unwrap();
+    let listed = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == "scan.json").cloned();
+    assert_eq!(
+        listed.as_ref().map(|a| &a["format"]),
+        Some(&serde_json::json!("scan-report")),
+        "{manifest:#}"
+    );
+    assert_eq!(manifest["scan"]["status"], "COMPLETED");
+    assert_eq!(
+        (manifest["scan"]["total"].as_u64(), manifest["scan"]["fixable"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("scan.json")).unwrap()).unwrap();
+    assert_eq!(report["release"], "bookworm");
+    let ids: Vec<(&str, &str)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["imageBuildVersionArn"], arn);
+            let d = &f["packageVulnerabilityDetails"];
+            (d["vulnerabilityId"].as_str().unwrap(), d["vulnerablePackages"][0]["name"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(ids, [("CVE-2099-1001", "bash"), ("CVE-2099-1002", "sudo")]);
     // Every line of the build log is JSON.
     let log = std::fs::read_to_string(out_dir.join("build-log.jsonl")).unwrap();
     assert!(
@@ -211,6 +257,17 @@ fn minimal_example_builds_boots_and_is_catalogued() {
     let states: Vec<&str> =
         shown["history"].as_array().unwrap().iter().map(|h| h["to"].as_str().unwrap()).collect();
     assert_eq!(states, ["PENDING", "BUILDING", "TESTING", "AVAILABLE"]);
+    assert_eq!(shown["scan"]["trigger"], "build");
+    assert_eq!(shown["scan"]["summary"]["total"], 2);
+    // The inventory was kept: a rescan needs no disk, finds nothing new, and asks for a
+    // rebuild since bash has a fix.
+    let rescan = home.kiln(&["scan", "--catalogue", "--format", "json"], &[]);
+    ok(&rescan);
+    let rescan: serde_json::Value = serde_json::from_slice(&rescan.stdout).unwrap();
+    let image = &rescan["images"][0];
+    assert_eq!(image["inventorySource"], "catalogue", "{rescan:#}");
+    assert_eq!(image["newFindings"], serde_json::json!([]));
+    assert!(image["needsRebuild"].as_str().unwrap().contains("CVE-2099-1001 (bash)"), "{image:#}");
     // The image leaves with no host keys and an empty machine id (checked in the disk).
     let raw = out_dir.join("minimal.raw");
     let listing = debugfs_root(&raw, "ls -l /etc/ssh");
@@ -333,6 +390,11 @@ fn bad_inputs_fail_clearly_before_any_work() {
             ),
             "too small",
         ),
+        (
+            format!("{good}imageScanningConfiguration:\n  failOn: SEVERE\n"),
+            "failOn: unknown severity \"SEVERE\"",
+        ),
+        (format!("{good}imageScanningConfiguration:\n  failOn: LOW\n"), "a gate with no data cannot pass"),
     ];
     for (i, (text_, expect)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{i}.yml"));
@@ -342,13 +404,13 @@ fn bad_inputs_fail_clearly_before_any_work() {
         assert_eq!(out.status.code(), Some(1), "case {i}: {}", text(&out.stderr));
         let err = o["error"].as_str().unwrap_or_default().to_string();
         assert!(err.contains(expect), "case {i}: {err}");
-        if i < 2 {
+        if i != 2 {
             assert!(started.elapsed().as_secs() < 20, "case {i} did work before failing");
         }
     }
     // Every failed build is recorded as FAILED with its reason; none is AVAILABLE.
     let images = home.images();
-    assert_eq!(images.len(), 3);
+    assert_eq!(images.len(), cases.len());
     assert!(
         images.iter().all(|i| i["state"] == "FAILED" && i["reason"].as_str().is_some_and(|r| !r.is_empty()))
     );
@@ -369,6 +431,58 @@ fn bad_inputs_fail_clearly_before_any_work() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_scan_gate_fails_the_build_and_an_ignore_rule_with_a_reason_lets_it_pass() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    bookworm_feed(dir.path(), "high");
+    let base = std::fs::read_to_string(two_components(dir.path(), "gated", "a", "b", false)).unwrap();
+    // The feed path is relative to the resource file.
+    let policy = "imageScanningConfiguration:\n  failOn: HIGH\n  feeds: [feed.json]\n";
+    let file = dir.path().join("gated.yml");
+    std::fs::write(&file, format!("{base}{policy}")).unwrap();
+    let out_dir = dir.path().join("out");
+    let (out, o) = home.build(&file, &["--no-test", "--out", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = o["error"].as_str().unwrap();
+    assert!(
+        err.contains(
+            "vulnerability scan gate failed: 1 finding(s) at or above HIGH: CVE-2099-1001 (bash, HIGH)"
+        ),
+        "{err}"
+    );
+    let images = home.images();
+    assert_eq!(images[0]["state"], "FAILED");
+    assert!(images[0]["reason"].as_str().unwrap().contains("CVE-2099-1001"), "{}", images[0]);
+    // The report was written and recorded all the same, and no disk was made.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("scan.json")).unwrap()).unwrap();
+    assert_eq!(report["gate"]["passed"], false);
+    assert!(!out_dir.join("gated.qcow2").exists());
+    let show = home.kiln(&["image", "show", "gated/1.0.0", "--json"], &[]);
+    ok(&show);
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["scan"]["summary"]["gate"]["passed"], false, "{shown:#}");
+
+    // Accepting the finding, with a reason and an expiry date, passes the gate.
+    let accepted = format!(
+        "{base}{policy}  ignore:\n    - vulnerabilityId: CVE-2099-1001\n      package: bash\n      reason: bash is not \
+         reachable by users\n      expires: 2999-12-31\n"
+    );
+    std::fs::write(&file, accepted).unwrap();
+    let (out, o) = home.build(&file, &["--no-test", "--out", out_dir.to_str().unwrap()]);
+    ok(&out);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o["outcome"]["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        manifest["scan"]["gate"],
+        serde_json::json!({ "failOn": "HIGH", "passed": true, "failing": 0 })
+    );
+    assert_eq!(manifest["scan"]["ignored"], 1);
+    let sums = std::fs::read_to_string(out_dir.join("SHA256SUMS")).unwrap();
+    assert!(sums.lines().any(|l| l.ends_with("  scan.json")), "{sums}");
 }
 
 #[test]

@@ -15,8 +15,8 @@ pub mod version;
 pub use arn::Arn;
 pub use resource::{
     BuilderKind, ComponentConfig, ComponentParameter, ComponentResource, DiskLayoutSpec, Distribution,
-    DistributionConfiguration, ImageRecipe, InfrastructureConfiguration, NetworkPolicy, PartitionSpec,
-    ResourceFile, load_resource_file, parse_resource_file,
+    DistributionConfiguration, ImageRecipe, ImageScanningConfiguration, InfrastructureConfiguration,
+    NetworkPolicy, PartitionSpec, ResourceFile, ScanIgnoreRule, load_resource_file, parse_resource_file,
 };
 pub use version::{MAX_VERSION_PART, SemVer, VersionError, VersionFilter};
 

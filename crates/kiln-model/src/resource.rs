@@ -29,6 +29,80 @@ pub struct ResourceFile {
     pub infrastructure_configuration: InfrastructureConfiguration,
     #[serde(default)]
     pub distribution_configuration: DistributionConfiguration,
+    /// Vulnerability scanning of the build (Image Builder's pipeline-level setting; a build
+    /// scans unless `imageScanningEnabled: false`).
+    #[serde(default)]
+    pub image_scanning_configuration: ImageScanningConfiguration,
+}
+
+/// Image Builder's `ImageScanningConfiguration`, plus kiln's scan policy.
+///
+/// Image Builder has Amazon Inspector scan the image; kiln scans the image's inventory
+/// offline against the vulnerability feeds in its feed store, so scanning is on by default.
+/// `ecrConfiguration` and `imageScanningTypes` are accepted and kept. The rest are kiln
+/// extensions: the policy the build's scan stage applies. Severity names and dates are
+/// checked by the build before any work (this crate knows no scanner).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageScanningConfiguration {
+    /// Whether the build scans the image (default true).
+    #[serde(default = "yes")]
+    pub image_scanning_enabled: bool,
+    /// Accepted and kept (container scans in Image Builder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecr_configuration: Option<serde_json::Value>,
+    /// Accepted and kept (`TEST_INSTANCE_CVE`, `AMI_CVE` in Image Builder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_scanning_types: Option<Vec<String>>,
+    /// kiln extension: fail the build when a finding at or above this severity remains
+    /// (UNTRIAGED, INFORMATIONAL, LOW, MEDIUM, HIGH, CRITICAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_on: Option<String>,
+    /// kiln extension: report (and gate on) only findings with a fixed version available.
+    #[serde(default)]
+    pub only_fixable: bool,
+    /// kiln extension: findings accepted, each with a reason and optionally until a date.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<ScanIgnoreRule>,
+    /// kiln extension: feeds imported into the feed store before the scan (paths relative
+    /// to the resource file, or http(s) URLs); the scan then uses only these. Without them,
+    /// every stored feed answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<String>,
+}
+
+impl Default for ImageScanningConfiguration {
+    fn default() -> Self {
+        ImageScanningConfiguration {
+            image_scanning_enabled: true,
+            ecr_configuration: None,
+            image_scanning_types: None,
+            fail_on: None,
+            only_fixable: false,
+            ignore: Vec::new(),
+            feeds: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// kiln extension: one accepted finding in [`ImageScanningConfiguration::ignore`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScanIgnoreRule {
+    /// The vulnerability id or an alias (`CVE-2024-1234`, `DSA-5555-1`).
+    pub vulnerability_id: String,
+    /// Only for this binary package (every package when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// Why the finding is acceptable (required).
+    pub reason: String,
+    /// The last day the rule applies, `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 /// A component: an AWSTOE document with a name and a semantic version.
@@ -459,6 +533,22 @@ fn check(file: &str, root: &Node, r: &ResourceFile) -> Vec<Diagnostic> {
             }
         }
     }
+    for (i, rule) in r.image_scanning_configuration.ignore.iter().enumerate() {
+        let at_rule = |field| at(&[Key("imageScanningConfiguration"), Key("ignore"), Index(i), Key(field)]);
+        if rule.vulnerability_id.trim().is_empty() {
+            diags.push(Diagnostic::new(file, at_rule("vulnerabilityId"), "the vulnerability id is empty"));
+        }
+        if rule.reason.trim().is_empty() {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    at_rule("reason"),
+                    format!("ignore rule for `{}` has an empty reason", rule.vulnerability_id),
+                )
+                .with_hint("say why the finding is acceptable"),
+            );
+        }
+    }
     if let Some(layout) = &r.image_recipe.disk_layout {
         for (i, p) in layout.partitions.iter().enumerate() {
             let span =
@@ -636,6 +726,64 @@ distributionConfiguration:
         assert!(e[0].contains("missing field `parentImage`"), "{e:?}");
         let e = errors("- just\n- a list\n");
         assert!(e[0].contains("is a map with `imageRecipe`"), "{e:?}");
+    }
+
+    const POLICY: &str = r#"imageScanningConfiguration:
+  ecrConfiguration:
+    repositoryName: kept
+  failOn: HIGH
+  onlyFixable: true
+  ignore:
+    - vulnerabilityId: CVE-2019-18276
+      package: bash
+      reason: no login shell for users
+      expires: 2030-01-31
+    - vulnerabilityId: CVE-2024-1
+      reason: not reachable
+  feeds: [feeds/tracker.json, https://example.invalid/osv.zip]
+"#;
+
+    #[test]
+    fn scanning_is_on_by_default_and_the_policy_is_read() {
+        let r = parse_resource_file("r.yml", GOOD).unwrap();
+        let scan = &r.image_scanning_configuration;
+        assert!(scan.image_scanning_enabled);
+        assert!(
+            scan.fail_on.is_none() && !scan.only_fixable && scan.ignore.is_empty() && scan.feeds.is_empty()
+        );
+
+        let r = parse_resource_file("r.yml", &format!("{GOOD}{POLICY}")).unwrap();
+        let scan = &r.image_scanning_configuration;
+        assert!(scan.image_scanning_enabled);
+        assert_eq!(scan.fail_on.as_deref(), Some("HIGH"));
+        assert!(scan.only_fixable);
+        assert_eq!(scan.ignore[0].package.as_deref(), Some("bash"));
+        assert_eq!(scan.ignore[0].expires.as_deref(), Some("2030-01-31"), "a plain date stays text");
+        assert_eq!(scan.ignore[1].expires, None);
+        assert_eq!(scan.feeds, ["feeds/tracker.json", "https://example.invalid/osv.zip"]);
+        assert_eq!(scan.ecr_configuration.as_ref().unwrap()["repositoryName"], "kept");
+        // Kept in the JSON the catalogue stores, with Image Builder's names.
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["imageScanningConfiguration"]["failOn"], "HIGH");
+        assert_eq!(json["imageScanningConfiguration"]["ecrConfiguration"]["repositoryName"], "kept");
+
+        let off = parse_resource_file(
+            "r.yml",
+            &format!("{GOOD}imageScanningConfiguration:\n  imageScanningEnabled: false\n"),
+        )
+        .unwrap();
+        assert!(!off.image_scanning_configuration.image_scanning_enabled);
+    }
+
+    #[test]
+    fn scanning_policy_mistakes_point_at_the_field() {
+        let e = errors(&format!("{GOOD}{}", POLICY.replace("  failOn:", "  failOnn:")));
+        assert!(e[0].contains("unknown field `failOnn`") && e[0].contains("did you mean `failOn`?"), "{e:?}");
+        let e = errors(&format!("{GOOD}{}", POLICY.replace("reason: not reachable", "reason: ' '")));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("r.yml:44:15: ignore rule for `CVE-2024-1` has an empty reason"), "{e:?}");
+        let e = errors(&format!("{GOOD}{}", POLICY.replace("      reason: not reachable\n", "")));
+        assert!(e[0].contains("missing field `reason`"), "{e:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ```text
 //! data/SHA256          the feed's content (a file, or a directory of OSV records)
 //! ID.json              the record of one source: where from, digest, fetch time, validators
+//! .lock                what imports and readers lock (see below)
 //! ```
 //!
 //! An import parses the new content with [`Database`] *before* anything is replaced. Only a feed
@@ -14,6 +15,12 @@
 //! format is rejected and the previous data keeps answering. URLs are fetched with conditional
 //! requests (`If-None-Match`, `If-Modified-Since` from the previous record); a `304 Not Modified`
 //! keeps the stored copy.
+//!
+//! Several kiln processes may share a store (a build importing its recipe's feeds while
+//! `kiln scan --feed` runs): an import holds an exclusive `flock` on `.lock` in the store
+//! directory from reading the previous record to removing the data it replaced, and loading
+//! feeds holds a shared one, so no import sees a half-done import and no reader loses data
+//! under it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -177,6 +184,8 @@ impl FeedStore {
 
     /// As [`FeedStore::database`], for some of the stored feeds.
     pub fn database_of(&self, records: &[FeedRecord]) -> Result<Database> {
+        // Shared: an import must not remove data (an older version's) while it is loaded.
+        let _lock = self.lock(rustix::fs::FlockOperation::LockShared)?;
         let mut db = Database::new();
         for rec in records {
             db.load_path(&self.data_path(&rec.sha256))?;
@@ -193,6 +202,7 @@ impl FeedStore {
     /// Imports `source`: a file (tracker JSON, OSV JSON, zip of OSV), a directory of OSV
     /// records, or an http(s) URL. The content must load before it replaces the stored copy.
     pub fn import(&self, source: &str) -> Result<ImportOutcome> {
+        let _lock = self.lock(rustix::fs::FlockOperation::LockExclusive)?;
         let is_url = source.starts_with("http://") || source.starts_with("https://");
         let source = if is_url {
             source.to_string()
@@ -263,6 +273,24 @@ impl FeedStore {
             self.remove_unreferenced(&prev.sha256);
         }
         Ok(ImportOutcome { record, change })
+    }
+
+    /// Holds the store's lock until the returned file is dropped. Never taken twice by one
+    /// thread: flock locks belong to the open file, so a second one would wait for the first.
+    fn lock(&self, op: rustix::fs::FlockOperation) -> Result<std::fs::File> {
+        let path = self.dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("cannot open the feed store lock", &path))?;
+        rustix::fs::flock(&file, op).map_err(|e| StoreError::Io {
+            what: "cannot lock the feed store",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        Ok(file)
     }
 
     fn data_path(&self, sha256: &str) -> PathBuf {
@@ -546,6 +574,55 @@ mod tests {
         assert!(err.to_string().contains("truncated"), "{err}");
         assert_eq!(ids(&store), good);
         assert_eq!(store.list().unwrap()[0].sha256, first.record.sha256);
+    }
+
+    #[test]
+    fn an_import_waits_for_another_processes_import() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FeedStore::open(&tmp.path().join("feeds")).unwrap();
+        let feed = tmp.path().join("tracker.json");
+        std::fs::write(&feed, tracker()).unwrap();
+        // A separate open of the lock file stands in for another kiln process mid-import.
+        let held = store.lock(rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = {
+            let store = store.clone();
+            let feed = feed.to_str().unwrap().to_string();
+            std::thread::spawn(move || tx.send(store.import(&feed).map(|o| o.change)).unwrap())
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the import went ahead while another import held the store"
+        );
+        assert!(store.list().unwrap().is_empty());
+        drop(held);
+        let change = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        assert_eq!(change, Change::New);
+        worker.join().unwrap();
+        assert_eq!(ids(&store), ["CVE-2019-18224", "CVE-2019-18276"]);
+    }
+
+    #[test]
+    fn concurrent_imports_of_one_source_leave_one_consistent_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("feeds");
+        let feed = tmp.path().join("tracker.json");
+        std::fs::write(&feed, tracker()).unwrap();
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (dir, feed) = (dir.clone(), feed.clone());
+                std::thread::spawn(move || {
+                    FeedStore::open(&dir).unwrap().import(feed.to_str().unwrap()).map(|o| o.change)
+                })
+            })
+            .collect();
+        let changes: Vec<Change> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+        // Serialised: exactly one saw the source first; the others found it stored.
+        assert_eq!(changes.iter().filter(|c| **c == Change::New).count(), 1, "{changes:?}");
+        assert_eq!(changes.iter().filter(|c| **c == Change::Unchanged).count(), 5, "{changes:?}");
+        let store = FeedStore::open(&dir).unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(ids(&store), ["CVE-2019-18224", "CVE-2019-18276"]);
     }
 
     #[test]

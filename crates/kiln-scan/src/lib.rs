@@ -4,7 +4,8 @@
 //! of a root directory (dpkg databases read without ever leaving the root, the OS release, the
 //! default kernel), dpkg version semantics, SBOMs (CycloneDX 1.5, SPDX 2.3), the Debian
 //! Security Tracker and OSV feed formats, matching with exact Debian semantics, ignore rules and
-//! the severity gate, and the Image Builder `ImageScanFinding` shape of its findings. It must not
+//! the severity gate, the Image Builder `ImageScanFinding` shape of its findings, and the scan
+//! report document ([`report::ScanDocument`]) the command line prints and builds keep. It must not
 //! know about recipes, the catalogue database or the build sandbox: callers hand it a root
 //! directory and feed bytes or paths, and store what it returns. The one place it talks HTTP is
 //! [`feedstore`], which fetches feed URLs (conditionally) into its local store.
@@ -15,6 +16,7 @@ pub mod feedstore;
 pub mod finding;
 pub mod inventory;
 pub mod matching;
+pub mod report;
 pub mod rootfs;
 pub mod sarif;
 pub mod sbom;
@@ -26,5 +28,6 @@ pub use feedstore::{FeedRecord, FeedStore, ImportOutcome, StoreError};
 pub use finding::{Finding, FindingStatus, ImageScanFinding};
 pub use inventory::{Inventory, InventoryError, OsRelease, Package, PackageManager, Problem};
 pub use matching::{GateOutcome, IgnoreRule, ScanError, ScanOptions, ScanReport, evaluate_gate, scan};
+pub use report::{InventorySummary, ScanDocument, ScanSummary};
 pub use severity::Severity;
 pub use version::{Version, VersionError};

@@ -1,5 +1,6 @@
 //! kiln's state: the catalogue (components, image recipes, images with their build
-//! numbers and state history), the job queue that `kiln worker`s claim from, and the index
+//! numbers and state history, their inventories, vulnerability scans and findings, and the
+//! images a rescan marked as needing a rebuild), the job queue that `kiln worker`s claim from, and the index
 //! of the layer cache, all behind one storage interface, [`Store`]. It holds names,
 //! versions, digests, states and opaque JSON bodies; it does not know what a component
 //! document says, how a sandbox runs or what a disk holds. Today the backend is SQLite
@@ -22,6 +23,7 @@ mod images;
 mod jobs;
 mod layers;
 mod recipes;
+mod scans;
 mod usage;
 
 use std::collections::BTreeMap;
@@ -42,6 +44,7 @@ pub use jobs::{DEFAULT_MAX_ATTEMPTS, Job, JobState, NewJob};
 pub use kiln_model::version::{MAX_VERSION_PART, SemVer as Version, VersionError, VersionFilter};
 pub use layers::Layer;
 pub use recipes::{NewRecipe, Recipe};
+pub use scans::{FindingFilter, NewScan, NewScanFinding, RebuildMark, Scan, ScanFinding, ScanTrigger};
 pub use usage::UsageEvent;
 
 /// Resource tags: key → value, kept sorted.

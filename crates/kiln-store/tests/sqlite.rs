@@ -53,6 +53,10 @@ conformance_tests! {
     job_exhausted_attempts_fail,
     job_cancel_queued_and_running,
     layer_index_touch_prune_remove,
+    scan_inventory_is_kept_and_replaced,
+    scan_findings_are_new_only_against_the_previous_scan,
+    scan_findings_list_filters_and_pages,
+    scan_rebuild_marks_set_replace_clear_and_list,
 }
 
 #[tokio::test]

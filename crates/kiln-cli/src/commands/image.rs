@@ -51,12 +51,22 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
             }?;
             let history = kiln.block_on(store.image_history(&found.arn))?;
             let usage = kiln.block_on(store.list_usage(Some(&found.arn)))?;
+            let scan = kiln.block_on(store.latest_scan(&found.arn))?;
+            let rebuild = kiln.block_on(store.needs_rebuild(&found.arn))?;
             if json {
+                // The latest scan without its findings (`kiln scan` lists those).
+                let scan = scan.map(|s| {
+                    serde_json::json!({
+                        "id": s.id, "trigger": s.trigger, "scannedAt": s.scanned_at.to_string(),
+                        "summary": s.summary, "feeds": s.feeds,
+                        "newFindings": s.new_findings().map(|f| &f.vulnerability_id).collect::<Vec<_>>(),
+                    })
+                });
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "image": found, "history": history, "usage": usage })
-                    )?
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "image": found, "history": history, "scan": scan, "needsRebuild": rebuild, "usage": usage,
+                    }))?
                 );
             } else {
                 println!("{}", found.arn);
@@ -68,6 +78,39 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                 println!("  created:  {}", found.created_at);
                 if let Some(dir) = &found.output_location {
                     println!("  output:   {dir}");
+                }
+                if let Some(s) = &scan {
+                    let count = |k: &str| s.summary[k].as_u64().unwrap_or(0);
+                    // Highest first, as the scan table lists them.
+                    let by_severity: Vec<String> = kiln_scan::Severity::ALL
+                        .iter()
+                        .rev()
+                        .filter_map(|sev| {
+                            let n = s.summary["bySeverity"][sev.as_str()].as_u64().unwrap_or(0);
+                            (n > 0).then(|| format!("{n} {sev}"))
+                        })
+                        .collect();
+                    println!(
+                        "  scan:     {} finding(s), {} fixable{} ({} {}, {} new)",
+                        count("total"),
+                        count("fixable"),
+                        if by_severity.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", by_severity.join(", "))
+                        },
+                        s.trigger.as_str(),
+                        s.scanned_at,
+                        s.new_findings().count()
+                    );
+                } else if let Some(status) =
+                    found.manifest.as_ref().and_then(|m| m["scan"]["status"].as_str())
+                {
+                    let reason = found.manifest.as_ref().and_then(|m| m["scan"]["reason"].as_str());
+                    println!("  scan:     {status}{}", reason.map(|r| format!(" ({r})")).unwrap_or_default());
+                }
+                if let Some(m) = &rebuild {
+                    println!("  rebuild:  needed since {}: {}", m.marked_at, m.reason);
                 }
                 for h in &history {
                     println!("  {}  {:<10} {}", h.at, h.to.as_str(), h.reason.as_deref().unwrap_or_default());

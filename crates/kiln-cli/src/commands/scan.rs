@@ -1,12 +1,13 @@
-//! `kiln scan`: inventory of a target, matched against the feeds in KILN_HOME/feeds.
+//! `kiln scan`: inventory of a target, matched against the feeds in KILN_HOME/feeds; and
+//! `kiln scan --catalogue`, every AVAILABLE image rescanned from its kept inventory.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use kiln_build::Kiln;
 use kiln_scan::feedstore::Change;
-use kiln_scan::{FeedStore, IgnoreRule, Inventory, ScanOptions, Severity, evaluate_gate};
+use kiln_scan::{FeedStore, IgnoreRule, Inventory, ScanDocument, ScanOptions, Severity, evaluate_gate};
 use serde_json::{Value, json};
 
 use crate::cli::{ScanArgs, ScanFormat};
@@ -27,10 +28,34 @@ pub fn run(home: &Path, args: ScanArgs) -> Result<ExitCode> {
             Err(e) => return Ok(usage(&format!("--ignore {spec}: {e}"))),
         }
     }
+    if args.catalogue && args.format == ScanFormat::Sarif {
+        return Ok(usage("--format sarif describes one target: use --format table or json with --catalogue"));
+    }
+    let opts = ScanOptions { only_fixable: args.only_fixable, ignore, ..Default::default() };
 
     let store = FeedStore::open(&home.join("feeds"))?;
+    let used = import_feeds(&store, &args.feeds)?;
+    // With --feed, exactly those feeds answer a TARGET; the catalogue and a TARGET without
+    // --feed get every stored feed (the newest copy of each source).
+    let records = if args.feeds.is_empty() || args.catalogue { store.list()? } else { used };
+    if records.is_empty() {
+        bail!(
+            "no vulnerability feeds: import one with `kiln scan --feed FILE` (the Debian Security Tracker \
+             JSON, an OSV record, or a directory or zip of OSV records) or `--feed URL`; feeds are kept in {}",
+            store.dir().display()
+        );
+    }
+    let db = store.database_of(&records)?;
+    match &args.target {
+        Some(target) if !args.catalogue => scan_target(home, target, &args, &db, &opts, fail_on),
+        _ => rescan_catalogue(home, &args, &db, &opts, fail_on),
+    }
+}
+
+/// Imports each feed, saying what changed; returns their records.
+fn import_feeds(store: &FeedStore, feeds: &[String]) -> Result<Vec<kiln_scan::FeedRecord>> {
     let mut used = Vec::new();
-    for feed in &args.feeds {
+    for feed in feeds {
         let out = store.import(feed).with_context(|| format!("cannot import feed {feed}"))?;
         let what = match out.change {
             Change::New => "imported",
@@ -48,91 +73,169 @@ pub fn run(home: &Path, args: ScanArgs) -> Result<ExitCode> {
         );
         used.push(out.record);
     }
-    // With --feed, exactly those feeds answer; without, every stored feed.
-    let records = if args.feeds.is_empty() { store.list()? } else { used };
-    if records.is_empty() {
-        bail!(
-            "no vulnerability feeds: import one with `kiln scan --feed FILE` (the Debian Security Tracker \
-             JSON, an OSV record, or a directory or zip of OSV records) or `--feed URL`; feeds are kept in {}",
-            store.dir().display()
-        );
-    }
-    let db = store.database_of(&records)?;
+    Ok(used)
+}
 
-    let (inventory, _scratch) = inventory_of(home, &args.target)?;
+fn scan_target(
+    home: &Path,
+    target: &str,
+    args: &ScanArgs,
+    db: &kiln_scan::Database,
+    opts: &ScanOptions,
+    fail_on: Option<Severity>,
+) -> Result<ExitCode> {
+    let (inventory, _scratch) = inventory_of(home, target)?;
     for p in &inventory.problems {
         eprintln!("warning: inventory incomplete: {p}");
     }
-    let opts = ScanOptions { only_fixable: args.only_fixable, ignore, ..Default::default() };
-    let report =
-        kiln_scan::scan(&inventory, &db, &opts).with_context(|| format!("cannot scan {}", args.target))?;
+    let report = kiln_scan::scan(&inventory, db, opts).with_context(|| format!("cannot scan {target}"))?;
     for n in &report.notes {
         eprintln!("note: {n}");
     }
     let gate = fail_on.map(|s| evaluate_gate(&report.findings, s));
-
+    let doc = ScanDocument::new(target, &inventory, &report, gate);
     match args.format {
-        ScanFormat::Json => {
-            let mut summary: BTreeMap<&str, usize> = Severity::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-            for f in &report.findings {
-                *summary.entry(f.severity.as_str()).or_default() += 1;
-            }
-            let ignored: Vec<Value> = report
-                .ignored
-                .iter()
-                .map(|i| {
-                    let mut f = i.finding.to_image_scan_finding();
-                    f.kiln.ignored = Some(i.ignored_by.clone());
-                    serde_json::to_value(f).unwrap_or_default()
-                })
-                .collect();
-            let out = json!({
-                "target": args.target,
-                "inventory": {
-                    "os": inventory.os,
-                    "packages": inventory.packages.len(),
-                    "kernel": inventory.kernel,
-                    "problems": inventory.problems,
-                },
-                "release": report.release,
-                "feeds": report.feeds,
-                "findings": report.findings.iter().map(|f| f.to_image_scan_finding()).collect::<Vec<_>>(),
-                "ignored": ignored,
-                "notes": report.notes,
-                "summary": {
-                    "total": report.findings.len(),
-                    "fixable": report.findings.iter().filter(|f| f.fix_available()).count(),
-                    "bySeverity": summary,
-                },
-                "gate": gate,
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        }
+        ScanFormat::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
         ScanFormat::Sarif => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&kiln_scan::sarif::to_sarif(&report.findings, &args.target))?
+                serde_json::to_string_pretty(&kiln_scan::sarif::to_sarif(&report.findings, target))?
             );
         }
-        ScanFormat::Table => print_table(&args.target, &inventory, &report),
+        ScanFormat::Table => print_table(target, &inventory, &report),
     }
-
-    match gate {
-        Some(g) if !g.passed => {
-            eprintln!(
-                "scan gate failed: {} finding(s) at or above {}: {}",
-                g.failing.len(),
-                g.fail_on,
-                g.failing
-                    .iter()
-                    .take(10)
-                    .map(|(id, pkg, _)| format!("{id} ({pkg})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+    match doc.gate_failure() {
+        Some(failure) => {
+            eprintln!("scan gate failed: {failure}");
             Ok(ExitCode::from(crate::EXIT_FAILED))
         }
-        _ => Ok(ExitCode::SUCCESS),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `kiln scan --catalogue`: every AVAILABLE image, from its kept inventory.
+fn rescan_catalogue(
+    home: &Path,
+    args: &ScanArgs,
+    db: &kiln_scan::Database,
+    opts: &ScanOptions,
+    fail_on: Option<Severity>,
+) -> Result<ExitCode> {
+    let kiln = Kiln::open(home)?;
+    let store = kiln.store();
+    let filter =
+        kiln_store::ImageFilter { state: Some(kiln_store::ImageState::Available), ..Default::default() };
+    let images = kiln.block_on(store.list_images(&filter))?;
+    let mut rows = Vec::new();
+    let (mut gate_failed, mut errors) = (false, 0usize);
+    for image in &images {
+        let result = (|| -> Result<(Value, Option<String>)> {
+            let (inventory, source) = kept_inventory(&kiln, image)?;
+            let r = kiln.rescan_image(image, &inventory, db, opts, fail_on)?;
+            let mut new_ids: Vec<&str> = r.scan.new_findings().map(|f| f.vulnerability_id.as_str()).collect();
+            new_ids.sort_unstable();
+            new_ids.dedup();
+            let row = json!({
+                "arn": image.arn,
+                "name": image.name,
+                "version": image.version.to_string(),
+                "build": image.build,
+                "inventorySource": source,
+                "total": r.document.summary.total,
+                "fixable": r.document.summary.fixable,
+                "bySeverity": r.document.summary.by_severity,
+                "newFindings": new_ids,
+                "findings": r.document.findings,
+                "ignored": r.document.ignored.len(),
+                "needsRebuild": r.needs_rebuild,
+                "gate": r.document.gate,
+            });
+            Ok((row, r.document.gate_failure()))
+        })();
+        match result {
+            Ok((row, failure)) => {
+                if let Some(f) = failure {
+                    eprintln!("scan gate failed for {}: {f}", image.arn);
+                    gate_failed = true;
+                }
+                rows.push(row);
+            }
+            Err(e) => {
+                errors += 1;
+                let message = format!("{e:#}");
+                eprintln!("error: cannot rescan {}: {message}", image.arn);
+                rows.push(json!({ "arn": image.arn, "error": message }));
+            }
+        }
+    }
+    match args.format {
+        ScanFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&json!({ "images": rows, "feeds": db.feeds }))?)
+        }
+        _ => print_catalogue_table(&rows, db),
+    }
+    Ok(if gate_failed {
+        ExitCode::from(crate::EXIT_FAILED)
+    } else if errors > 0 {
+        ExitCode::from(crate::EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The image's inventory as kept at build time, or, for an image built before kiln kept
+/// them, read once from its disk and kept. Also says which it was.
+fn kept_inventory(kiln: &Kiln, image: &kiln_store::Image) -> Result<(Inventory, &'static str)> {
+    let kept = kiln.block_on(kiln.store().get_inventory(&image.arn))?;
+    if let Some(value) = kept {
+        let inventory = serde_json::from_value(value)
+            .with_context(|| format!("the inventory kept for {} does not read", image.arn))?;
+        return Ok((inventory, "catalogue"));
+    }
+    let disk = image_disk(image)?;
+    let (inventory, _scratch) = disk_inventory(&kiln.home, &disk)?;
+    let value = serde_json::to_value(&inventory)?;
+    kiln.block_on(kiln.store().put_inventory(&image.arn, &value))?;
+    Ok((inventory, "disk"))
+}
+
+fn print_catalogue_table(rows: &[Value], db: &kiln_scan::Database) {
+    for f in &db.feeds {
+        println!("feed {} ({}, {})", f.location, f.format.as_str(), f.date.as_deref().unwrap_or("undated"));
+    }
+    if rows.is_empty() {
+        println!("no AVAILABLE images in the catalogue: `kiln build -f FILE` makes one");
+        return;
+    }
+    println!();
+    let label = |r: &Value| match (r["name"].as_str(), r["version"].as_str(), r["build"].as_u64()) {
+        (Some(n), Some(v), Some(b)) => format!("{n}/{v}/{b}"),
+        _ => r["arn"].as_str().unwrap_or_default().to_string(),
+    };
+    let w = rows.iter().map(|r| label(r).len()).max().unwrap_or(0).max(5);
+    println!("{:<w$} {:>8} {:>4} {:>7}  REBUILD", "IMAGE", "FINDINGS", "NEW", "FIXABLE");
+    for r in rows {
+        if let Some(e) = r["error"].as_str() {
+            println!("{:<w$} error: {e}", label(r));
+            continue;
+        }
+        let new: Vec<&str> =
+            r["newFindings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!(
+            "{:<w$} {:>8} {:>4} {:>7}  {}",
+            label(r),
+            // Numbers, not JSON values: a Value's Display ignores the width.
+            r["total"].as_u64().unwrap_or(0),
+            new.len(),
+            r["fixable"].as_u64().unwrap_or(0),
+            if r["needsRebuild"].is_string() { "needed" } else { "-" }
+        );
+        if !new.is_empty() {
+            println!("{:w$}   new: {}", "", new.join(", "));
+        }
+        if let Some(reason) = r["needsRebuild"].as_str() {
+            println!("{:w$}   rebuild: {reason}", "");
+        }
     }
 }
 
@@ -185,19 +288,26 @@ fn inventory_of(home: &Path, target: &str) -> Result<(Inventory, Option<tempfile
     } else {
         bail!("{target} is not a directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)");
     };
+    let (inventory, scratch) = disk_inventory(home, &disk)?;
+    Ok((inventory, Some(scratch)))
+}
+
+/// The inventory of a raw or qcow2 disk, read from its root file system imported into a
+/// temporary directory under KILN_HOME/tmp (removed when the returned guard is dropped).
+fn disk_inventory(home: &Path, disk: &Path) -> Result<(Inventory, tempfile::TempDir)> {
     let tmp_root = home.join("tmp");
     std::fs::create_dir_all(&tmp_root).with_context(|| format!("cannot create {}", tmp_root.display()))?;
     let scratch = tempfile::Builder::new().prefix("scan-").tempdir_in(&tmp_root)?;
     let root = scratch.path().join("root");
     eprintln!("importing the root file system of {} (needs root)", disk.display());
-    kiln_parent::import_disk(&disk, &root)
+    kiln_parent::import_disk(disk, &root)
         .with_context(|| format!("cannot read the disk {} to scan it", disk.display()))?;
-    Ok((Inventory::from_root(&root)?, Some(scratch)))
+    Ok((Inventory::from_root(&root)?, scratch))
 }
 
 /// The raw or qcow2 disk of a catalogued image.
 fn catalogued_disk(home: &Path, image: &str) -> Result<PathBuf> {
-    let kiln = kiln_build::Kiln::open(home)?;
+    let kiln = Kiln::open(home)?;
     let store = kiln.store();
     let found = if image.starts_with("arn:") {
         kiln.block_on(store.get_image_by_arn(image))
@@ -215,8 +325,13 @@ fn catalogued_disk(home: &Path, image: &str) -> Result<PathBuf> {
         kiln.block_on(store.get_image(name, &version, build))
     }
     .with_context(|| format!("{image} is not a path and not a catalogued image"))?;
-    let dir = PathBuf::from(found.output_location.clone().unwrap_or_default());
-    let manifest = found.manifest.clone().unwrap_or_default();
+    image_disk(&found)
+}
+
+/// The raw (else qcow2) disk an image's manifest lists, in its output folder.
+fn image_disk(image: &kiln_store::Image) -> Result<PathBuf> {
+    let dir = PathBuf::from(image.output_location.clone().unwrap_or_default());
+    let manifest = image.manifest.clone().unwrap_or_default();
     let disk = manifest["artifacts"]
         .as_array()
         .and_then(|a| {
@@ -226,8 +341,8 @@ fn catalogued_disk(home: &Path, image: &str) -> Result<PathBuf> {
         .map(|f| dir.join(f));
     match disk {
         Some(d) if d.is_file() => Ok(d),
-        Some(d) => bail!("image {} lists its disk {} but the file is missing", found.arn, d.display()),
-        None => bail!("image {} has no raw or qcow2 disk in its manifest", found.arn),
+        Some(d) => bail!("image {} lists its disk {} but the file is missing", image.arn, d.display()),
+        None => bail!("image {} has no raw or qcow2 disk in its manifest", image.arn),
     }
 }
 

@@ -60,3 +60,70 @@ pub fn debian_root() -> tempfile::TempDir {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A raw GPT disk holding `root` as an ext4 file system in a partition typed x86-64 root, made
+/// the way kiln-parent's import tests make theirs (sfdisk, then `mkfs.ext4 -d` at the
+/// partition's offset). Needs mkfs.ext4 and sfdisk; no root privileges to make, root to import.
+pub fn disk_from_root(dir: &Path, root: &Path, name: &str) -> PathBuf {
+    const START: u64 = 2048;
+    const SECTORS: u64 = 32768;
+    let disk = dir.join(format!("{name}.raw"));
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+        assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+    };
+    sh(&format!("truncate -s 20M {}", disk.display()));
+    sh(&format!(
+        "printf 'label: gpt\\nstart={START}, size={SECTORS}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\\n' \
+         | sfdisk -q --no-reread --no-tell-kernel {} >/dev/null",
+        disk.display()
+    ));
+    sh(&format!(
+        "mkfs.ext4 -q -F -E offset={} -d {} {} {}k",
+        START * 512,
+        root.display(),
+        disk.display(),
+        SECTORS / 2
+    ));
+    disk
+}
+
+/// Puts an AVAILABLE image `name`/1.0.0 straight into the catalogue under `home`, as a build
+/// would leave it: its manifest lists `disk` (in `disk`'s folder) when given, and the
+/// inventory of `inventory_root` is kept when given. Returns its ARN.
+pub fn catalogue_image(
+    home: &Path,
+    name: &str,
+    disk: Option<&Path>,
+    inventory_root: Option<&Path>,
+) -> String {
+    use kiln_store::{ImageState, NewImage};
+    let kiln = kiln_build::Kiln::open(home).expect("open KILN_HOME");
+    let store = kiln.store();
+    let image = kiln
+        .block_on(store.create_image(&NewImage {
+            name: name.into(),
+            version: "1.0.0".parse().unwrap(),
+            region: "local".into(),
+            account: "000000000000".into(),
+            recipe: serde_json::json!({ "imageRecipe": { "name": name, "semanticVersion": "1.0.0" } }),
+            tags: Default::default(),
+        }))
+        .expect("create image");
+    for state in [ImageState::Building, ImageState::Available] {
+        kiln.block_on(store.transition(&image.arn, state, None)).expect("transition");
+    }
+    if let Some(disk) = disk {
+        let file = disk.file_name().unwrap().to_str().unwrap();
+        let manifest = serde_json::json!({ "artifacts": [{ "file": file, "format": "raw" }] });
+        let dir = disk.parent().unwrap().to_str().unwrap();
+        kiln.block_on(store.set_manifest(&image.arn, dir, &manifest)).expect("set manifest");
+    }
+    if let Some(root) = inventory_root {
+        let inventory = kiln_scan::Inventory::from_root(root).expect("inventory");
+        let value = serde_json::to_value(&inventory).unwrap();
+        kiln.block_on(store.put_inventory(&image.arn, &value)).expect("keep inventory");
+    }
+    kiln.block_on(store.close());
+    image.arn
+}

@@ -6,8 +6,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use kiln_store::{
-    ComponentSource, ImageFilter, ImageState, JobState, NewComponent, NewImage, NewJob, NewRecipe, Store,
-    StoreError, Tags, Version, VersionFilter,
+    ComponentSource, FindingFilter, ImageFilter, ImageState, JobState, NewComponent, NewImage, NewJob,
+    NewRecipe, NewScan, NewScanFinding, ScanFinding, ScanTrigger, Store, StoreError, Tags, Version,
+    VersionFilter,
 };
 use serde_json::json;
 
@@ -758,4 +759,248 @@ pub async fn image_output_location_is_recorded_before_the_manifest(store: &Store
         store.set_output_location("arn:aws:imagebuilder:local:000000000000:image/none/1.0.0/1", "/x").await,
         Err(StoreError::ImageNotFound { .. })
     ));
+}
+
+// ---- scans -------------------------------------------------------------------------
+
+/// An AVAILABLE image (built, so its inventory and scans can be kept).
+async fn available(store: &Store, name: &str) -> String {
+    let img = store.create_image(&image(name, "1.0.0")).await.unwrap();
+    store.transition(&img.arn, ImageState::Building, None).await.unwrap();
+    store.transition(&img.arn, ImageState::Available, None).await.unwrap();
+    img.arn
+}
+
+fn finding(id: &str, package: &str, severity: &str, fixed: bool) -> NewScanFinding {
+    NewScanFinding {
+        vulnerability_id: id.into(),
+        package: package.into(),
+        severity: severity.into(),
+        fix_available: fixed,
+        body: json!({"title": format!("{id} - {package}"), "severity": severity}),
+    }
+}
+
+fn scan_of(arn: &str, trigger: ScanTrigger, findings: Vec<NewScanFinding>) -> NewScan {
+    NewScan {
+        image_arn: arn.into(),
+        trigger,
+        feeds: json!([{"name": "debian-tracker"}]),
+        summary: json!({"total": findings.len()}),
+        findings,
+    }
+}
+
+fn keys(findings: &[ScanFinding]) -> Vec<(String, String)> {
+    findings.iter().map(|f| (f.vulnerability_id.clone(), f.package.clone())).collect()
+}
+
+fn pair(id: &str, package: &str) -> (String, String) {
+    (id.to_string(), package.to_string())
+}
+
+pub async fn scan_inventory_is_kept_and_replaced(store: &Store) {
+    let arn = available(store, "inv").await;
+    assert_eq!(store.get_inventory(&arn).await.unwrap(), None);
+    let first = json!({"os": {"id": "debian"}, "packages": [{"name": "bash", "version": "5.2.15-2+b2"}]});
+    store.put_inventory(&arn, &first).await.unwrap();
+    assert_eq!(store.get_inventory(&arn).await.unwrap(), Some(first));
+    let second = json!({"os": {"id": "debian"}, "packages": []});
+    store.put_inventory(&arn, &second).await.unwrap();
+    assert_eq!(store.get_inventory(&arn).await.unwrap(), Some(second));
+    let missing = "arn:aws:imagebuilder:local:000000000000:image/none/1.0.0/1";
+    let err = store.put_inventory(missing, &json!({})).await.unwrap_err();
+    assert!(matches!(err, StoreError::ImageNotFound { .. }), "{err:?}");
+    assert_eq!(store.get_inventory(missing).await.unwrap(), None);
+}
+
+pub async fn scan_findings_are_new_only_against_the_previous_scan(store: &Store) {
+    let arn = available(store, "scanned").await;
+    assert_eq!(store.latest_scan(&arn).await.unwrap(), None);
+    let first = store
+        .record_scan(&scan_of(
+            &arn,
+            ScanTrigger::Build,
+            vec![finding("CVE-1", "bash", "LOW", false), finding("CVE-2", "libc6", "HIGH", true)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.trigger, ScanTrigger::Build);
+    assert!(first.findings.iter().all(|f| f.is_new), "an image's first scan has only new findings");
+    assert!(first.findings.iter().all(|f| f.first_seen_at == first.scanned_at));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // CVE-1 stays, CVE-2 is gone, CVE-3 appears, and CVE-1 in another package is new too.
+    let second = store
+        .record_scan(&scan_of(
+            &arn,
+            ScanTrigger::Rescan,
+            vec![
+                finding("CVE-1", "bash", "LOW", false),
+                finding("CVE-3", "openssl", "CRITICAL", true),
+                finding("CVE-1", "bash-static", "LOW", false),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert!(second.id > first.id);
+    assert!(second.scanned_at > first.scanned_at);
+    assert_eq!(
+        keys(&second.new_findings().cloned().collect::<Vec<_>>()),
+        [pair("CVE-3", "openssl"), pair("CVE-1", "bash-static")]
+    );
+    let kept = &second.findings[0];
+    assert!(!kept.is_new);
+    assert_eq!(kept.first_seen_at, first.scanned_at, "first seen carries forward");
+    assert_eq!(second.findings[1].first_seen_at, second.scanned_at);
+
+    // What was recorded reads back the same, bodies included.
+    let latest = store.latest_scan(&arn).await.unwrap().unwrap();
+    assert_eq!(latest, second);
+    assert_eq!(latest.findings[1].body["title"], "CVE-3 - openssl");
+    assert_eq!(latest.feeds, json!([{"name": "debian-tracker"}]));
+    assert_eq!(latest.trigger, ScanTrigger::Rescan);
+
+    // Compared with the previous scan only: CVE-2 came back after one scan without it.
+    let third = store
+        .record_scan(&scan_of(&arn, ScanTrigger::Rescan, vec![finding("CVE-2", "libc6", "HIGH", true)]))
+        .await
+        .unwrap();
+    assert!(third.findings[0].is_new);
+    // An empty scan is a scan: it has no findings, and the next one compares with it.
+    let empty = store.record_scan(&scan_of(&arn, ScanTrigger::Rescan, vec![])).await.unwrap();
+    assert!(empty.findings.is_empty());
+    assert_eq!(store.latest_scan(&arn).await.unwrap().unwrap().id, empty.id);
+
+    // Scans of another image do not count as this image's previous scan.
+    let other = available(store, "other").await;
+    let o = store
+        .record_scan(&scan_of(&other, ScanTrigger::Build, vec![finding("CVE-1", "bash", "LOW", false)]))
+        .await
+        .unwrap();
+    assert!(o.findings[0].is_new);
+
+    let missing = "arn:aws:imagebuilder:local:000000000000:image/none/1.0.0/1";
+    let err = store.record_scan(&scan_of(missing, ScanTrigger::Build, vec![])).await.unwrap_err();
+    assert!(matches!(err, StoreError::ImageNotFound { .. }), "{err:?}");
+    assert_eq!(store.latest_scan(missing).await.unwrap(), None);
+}
+
+pub async fn scan_findings_list_filters_and_pages(store: &Store) {
+    let a = available(store, "a").await;
+    let b = available(store, "b").await;
+    // a's first scan is superseded: only the latest scan of each image is listed.
+    store
+        .record_scan(&scan_of(&a, ScanTrigger::Build, vec![finding("CVE-OLD", "zlib1g", "HIGH", true)]))
+        .await
+        .unwrap();
+    store
+        .record_scan(&scan_of(
+            &a,
+            ScanTrigger::Rescan,
+            vec![finding("CVE-1", "bash", "LOW", false), finding("CVE-2", "libc6", "HIGH", true)],
+        ))
+        .await
+        .unwrap();
+    store
+        .record_scan(&scan_of(
+            &b,
+            ScanTrigger::Build,
+            vec![finding("CVE-2", "libc6", "HIGH", true), finding("CVE-3", "curl", "MEDIUM", true)],
+        ))
+        .await
+        .unwrap();
+    let list = |f: FindingFilter| async move { store.list_scan_findings(&f).await.unwrap() };
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let all = list(FindingFilter::default()).await;
+    assert_eq!(
+        keys(&all),
+        [pair("CVE-1", "bash"), pair("CVE-2", "libc6"), pair("CVE-2", "libc6"), pair("CVE-3", "curl")]
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    assert_eq!(all[0].image_arn, a);
+    assert_eq!(all[3].image_arn, b);
+
+    let by_image = list(FindingFilter { image_arns: vec![b.clone()], ..Default::default() }).await;
+    assert_eq!(keys(&by_image), [pair("CVE-2", "libc6"), pair("CVE-3", "curl")]);
+    let by_id = list(FindingFilter { vulnerability_ids: strings(&["CVE-2"]), ..Default::default() }).await;
+    let arns: Vec<&str> = by_id.iter().map(|f| f.image_arn.as_str()).collect();
+    assert_eq!(arns, [a.as_str(), b.as_str()]);
+    let old = list(FindingFilter { vulnerability_ids: strings(&["CVE-OLD"]), ..Default::default() }).await;
+    assert!(old.is_empty(), "findings of a superseded scan are not listed");
+    let by_sev = list(FindingFilter { severities: strings(&["MEDIUM", "LOW"]), ..Default::default() }).await;
+    assert_eq!(keys(&by_sev), [pair("CVE-1", "bash"), pair("CVE-3", "curl")]);
+    let combined = list(FindingFilter {
+        image_arns: vec![a.clone()],
+        severities: strings(&["HIGH"]),
+        vulnerability_ids: strings(&["CVE-2", "CVE-3"]),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(keys(&combined), [pair("CVE-2", "libc6")]);
+    assert_eq!(combined[0].image_arn, a);
+    let none = list(FindingFilter { severities: strings(&["high"]), ..Default::default() }).await;
+    assert!(none.is_empty(), "filter values are case-sensitive, as Image Builder's are");
+
+    // Pages of two, continuing after the last id of the previous page.
+    let page1 = list(FindingFilter { limit: Some(2), ..Default::default() }).await;
+    let page2 =
+        list(FindingFilter { limit: Some(2), after: page1.last().map(|f| f.id), ..Default::default() }).await;
+    let page3 =
+        list(FindingFilter { limit: Some(2), after: page2.last().map(|f| f.id), ..Default::default() }).await;
+    assert_eq!(page1.len(), 2);
+    assert_eq!(page2.len(), 2);
+    assert!(page3.is_empty());
+    let paged: Vec<i64> = page1.iter().chain(&page2).map(|f| f.id).collect();
+    assert_eq!(paged, all.iter().map(|f| f.id).collect::<Vec<_>>());
+    let filtered_page = list(FindingFilter {
+        severities: strings(&["HIGH"]),
+        after: Some(all[1].id),
+        limit: Some(5),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(filtered_page.len(), 1);
+    assert_eq!(filtered_page[0].image_arn, b);
+}
+
+pub async fn scan_rebuild_marks_set_replace_clear_and_list(store: &Store) {
+    let a = available(store, "a").await;
+    let b = available(store, "b").await;
+    assert_eq!(store.needs_rebuild(&a).await.unwrap(), None);
+    assert!(store.list_needing_rebuild().await.unwrap().is_empty());
+
+    store.mark_needs_rebuild(&a, "1 fixable finding: CVE-1").await.unwrap();
+    store.mark_needs_rebuild(&b, "2 fixable findings").await.unwrap();
+    let mark = store.needs_rebuild(&a).await.unwrap().unwrap();
+    assert_eq!(mark.reason, "1 fixable finding: CVE-1");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.mark_needs_rebuild(&a, "3 fixable findings").await.unwrap();
+    let again = store.needs_rebuild(&a).await.unwrap().unwrap();
+    assert_eq!(again.reason, "3 fixable findings");
+    assert!(again.marked_at > mark.marked_at);
+
+    let listed: Vec<(String, String)> =
+        store.list_needing_rebuild().await.unwrap().into_iter().map(|m| (m.image_arn, m.reason)).collect();
+    let mut want =
+        vec![(a.clone(), "3 fixable findings".to_string()), (b.clone(), "2 fixable findings".to_string())];
+    want.sort();
+    assert_eq!(listed, want);
+
+    // Only AVAILABLE images are listed: a deprecated one is not rebuilt by the scheduler.
+    store.transition(&b, ImageState::Deprecated, None).await.unwrap();
+    let listed: Vec<String> =
+        store.list_needing_rebuild().await.unwrap().into_iter().map(|m| m.image_arn).collect();
+    assert_eq!(listed, [a.as_str()]);
+    assert!(store.needs_rebuild(&b).await.unwrap().is_some(), "the mark itself stays");
+
+    assert!(store.clear_needs_rebuild(&a).await.unwrap());
+    assert!(!store.clear_needs_rebuild(&a).await.unwrap());
+    assert_eq!(store.needs_rebuild(&a).await.unwrap(), None);
+    assert!(store.list_needing_rebuild().await.unwrap().is_empty());
+
+    let missing = "arn:aws:imagebuilder:local:000000000000:image/none/1.0.0/1";
+    let err = store.mark_needs_rebuild(missing, "x").await.unwrap_err();
+    assert!(matches!(err, StoreError::ImageNotFound { .. }), "{err:?}");
 }
