@@ -303,7 +303,13 @@ fn sysctl_in_force(host: &dyn Host) -> Result<Verdict, String> {
         }
         // A leading `-` means "ignore errors setting this"; the value still applies.
         if let Some((k, v)) = line.trim_start_matches('-').split_once('=') {
-            wanted.insert(k.trim().replace('/', "."), v.split_whitespace().collect::<Vec<_>>().join(" "));
+            let key = k.trim().replace('/', ".");
+            // systemd-sysctl expands globs (`net.ipv4.conf.*.rp_filter`); `sysctl -n` cannot
+            // read one, and the concrete keys it expands to are configured per interface.
+            if key.contains('*') {
+                continue;
+            }
+            wanted.insert(key, v.split_whitespace().collect::<Vec<_>>().join(" "));
         }
     }
     if wanted.is_empty() {
