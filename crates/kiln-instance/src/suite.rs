@@ -149,17 +149,25 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
         }
     }
 
-    // The second instance boots while the first one is tested.
-    let second = opts.second_instance.then(|| {
+    // The second instance boots while the first one is tested when the machine has the cores
+    // for both; otherwise after the first one's tests, since two emulated guests sharing too
+    // few cores make both slower than one after the other.
+    let second_cfg = opts.second_instance.then(|| {
         let mut cfg = cfg.clone();
         cfg.work_dir = sibling(&cfg.work_dir, "second");
         cfg.outlive_kiln = false;
+        cfg
+    });
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let overlap = cores >= 2 * cfg.cpus.max(1);
+    let start_second = |cfg: InstanceConfig| {
         std::thread::spawn(move || -> Result<Identity, String> {
             let b = Instance::launch(&cfg).map_err(|e| format!("the second instance: {}", e.reason()))?;
             b.wait_ready(cfg.ready_timeout).map_err(|e| format!("the second instance: {}", e.reason()))?;
             identity(b.host())
         })
-    });
+    };
+    let mut second = if overlap { second_cfg.clone().map(start_second) } else { None };
 
     let host = a.host();
     tests.push(timed("no-failed-units", || {
@@ -222,6 +230,9 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
         Ok(Verdict::Pass(out))
     }));
 
+    if second.is_none() {
+        second = second_cfg.map(start_second);
+    }
     let second =
         second.map(|h| h.join().unwrap_or_else(|_| Err("the second instance's thread panicked".into())));
     match (&first, &second) {
