@@ -780,7 +780,8 @@ fn a_unit_failing_at_boot_or_a_qemu_that_cannot_start_fails_kiln_test() {
               inputs:
                 commands:
                   - printf '[Unit]\nDescription=broken on purpose\n[Service]\nType=oneshot\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/kiln-broken.service
-                  - systemctl enable kiln-broken.service"#,
+                  - systemctl enable kiln-broken.service
+                  - printf 'kernel.kptr_restrict = 2\nkernel.kiln_no_such_key = 1\n' > /etc/sysctl.d/90-kiln-test.conf"#,
     );
     let file = one_component(dir.path(), "broken-unit", &phases, "");
     let out_dir = home.dir.path().join("broken");
@@ -809,8 +810,14 @@ fn a_unit_failing_at_boot_or_a_qemu_that_cannot_start_fails_kiln_test() {
     assert_eq!(units["status"], "failed");
     assert!(units["reason"].as_str().unwrap().contains("kiln-broken.service"), "{units}");
     assert_eq!(by_name("machine-id-unique")["status"], "skipped", "one instance only");
+    // The configured sysctl value the kernel took passes; the one it could not take is named.
+    let sysctl = by_name("sysctl-settings-in-force");
+    assert_eq!(sysctl["status"], "failed", "{sysctl}");
+    let why = sysctl["reason"].as_str().unwrap();
+    assert!(why.contains("kernel.kiln_no_such_key") && !why.contains("kptr_restrict"), "{sysctl}");
+    assert!(sysctl["output"].as_str().unwrap().contains("kernel.kptr_restrict: want 2, kernel 2"), "{sysctl}");
     let junit = std::fs::read_to_string(report_dir.join("junit.xml")).unwrap();
-    assert!(junit.contains("failures=\"1\""), "{junit}");
+    assert!(junit.contains("failures=\"2\""), "{junit}");
     assert_eq!(qemu_processes_of(&home), 0);
 
     // A guest that is not ready within the timeout: the wait ends then, with the reason.
