@@ -13,6 +13,11 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 #   qemu-system-x86 ovmf   booting images under UEFI (test stage, boot tests)
 #   systemd-boot-efi       the UEFI boot loader when the image does not bring its own
 packages=(mmdebstrap arch-test e2fsprogs dosfstools mtools fdisk qemu-utils qemu-system-x86 ovmf systemd-boot-efi)
+# With --test, also what the tests call: ssh-keyscan (a launched image's forwarded sshd) and
+# pgrep (no QEMU left behind).
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(openssh-client procps)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
