@@ -644,20 +644,7 @@ impl BuildCtx<'_> {
                 &tee,
             )?;
             self.write_report("validate", &report);
-            if !report.success() {
-                let component = report
-                    .documents
-                    .iter()
-                    .find(|d| d.status == kiln_component::report::Status::Failed)
-                    .map(|d| d.name.clone())
-                    .unwrap_or_default();
-                return Err(BuildError::StepFailed {
-                    phase: "validate".into(),
-                    component,
-                    message: report.failure_message.clone().unwrap_or_else(|| "failed".into()),
-                });
-            }
-            Ok(())
+            phase_result("validate", &report)
         })?;
 
         // Golden-image cleanup: the last layer.
@@ -1077,18 +1064,8 @@ impl BuildCtx<'_> {
             let built = built?;
             self.write_report("build-vm", &built.build);
             self.write_report("validate", &built.validate);
-            for (phase, report) in [("build", &built.build), ("validate", &built.validate)] {
-                if !report.success() {
-                    let component = report
-                        .documents
-                        .iter()
-                        .find(|d| d.status == kiln_component::report::Status::Failed)
-                        .map(|d| d.name.clone())
-                        .unwrap_or_default();
-                    let message = report.failure_message.clone().unwrap_or_else(|| "failed".into());
-                    return Err(BuildError::StepFailed { phase: phase.into(), component, message });
-                }
-            }
+            phase_result("build", &built.build)?;
+            phase_result("validate", &built.validate)?;
             let report_path = cache.report_path(&skey);
             fs::write(&report_path, serde_json::to_vec(&built.build).unwrap_or_default())
                 .map_err(|e| BuildError::io("saving the layer's report", &report_path, e))?;
@@ -1143,6 +1120,21 @@ impl BuildCtx<'_> {
         }
         Ok(outcome)
     }
+}
+
+/// `Ok` when a phase's run succeeded, else the failure naming the component and the message.
+fn phase_result(phase: &str, report: &kiln_component::report::RunReport) -> Result<(), BuildError> {
+    if report.success() {
+        return Ok(());
+    }
+    let component = report
+        .documents
+        .iter()
+        .find(|d| d.status == kiln_component::report::Status::Failed)
+        .map(|d| d.name.clone())
+        .unwrap_or_default();
+    let message = report.failure_message.clone().unwrap_or_else(|| "failed".into());
+    Err(BuildError::StepFailed { phase: phase.into(), component, message })
 }
 
 fn tempfile_dir(near: &Path) -> Result<PathBuf, BuildError> {

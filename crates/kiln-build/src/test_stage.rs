@@ -5,12 +5,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kiln_component::document::PhaseName;
-use kiln_component::engine::{Engine, Observer, RunOptions};
+use kiln_component::engine::Observer;
 use kiln_component::report::DocumentReport;
 use kiln_host::Host;
 use kiln_instance::{TestCase, TestStatus};
 
-use crate::run::ResolvedComponent;
+use crate::run::{ResolvedComponent, run_phase_on};
 
 /// The components' test phases on `host`, one named test per component that has one.
 pub fn component_tests(
@@ -28,15 +28,7 @@ pub fn component_tests(
         }
         let name = format!("component:{}/{}", c.name, c.version);
         let t = Instant::now();
-        let options = RunOptions {
-            phases: vec![PhaseName::Test],
-            parameters: c.parameters.clone(),
-            working_dir: working_dir.to_string(),
-            log_dir: Some(log_dir.to_path_buf()),
-            earlier: earlier.to_vec(),
-            ..RunOptions::default()
-        };
-        let report = Engine::new(host, options, observer).run(std::slice::from_ref(&c.document));
+        let report = run_phase_on(host, &[c], PhaseName::Test, working_dir, log_dir, earlier, observer);
         let mut lines = String::new();
         for d in &report.documents {
             for p in &d.phases {
@@ -129,45 +121,51 @@ impl crate::Kiln {
                     *n,
                     *v,
                     Some(b.parse::<u32>().map_err(|_| {
-                        crate::BuildError::Test(format!("`{b}` in `{reference}` is not a build number"))
+                        crate::BuildError::Store(format!("`{b}` in `{reference}` is not a build number"))
                     })?),
                 ),
                 _ => {
-                    return Err(crate::BuildError::Test(format!(
+                    return Err(crate::BuildError::Store(format!(
                         "`{reference}` is not a path, NAME/VERSION[/BUILD] or an image ARN"
                     )));
                 }
             };
             let version: kiln_store::Version = version.parse().map_err(|e| {
-                crate::BuildError::Test(format!("`{reference}` is not NAME/VERSION[/BUILD]: {e}"))
+                crate::BuildError::Store(format!("`{reference}` is not NAME/VERSION[/BUILD]: {e}"))
             })?;
             self.block_on(store.get_image(name, &version, build))
         };
         found.map_err(|e| {
-            crate::BuildError::Test(format!("{reference} is not a file and not a catalogued image: {e}"))
+            crate::BuildError::Store(format!("{reference} is not a file and not a catalogued image: {e}"))
         })
     }
 
-    /// The disk of a catalogued image to boot or read: its qcow2, else its raw file.
-    pub fn image_disk(&self, image: &kiln_store::Image) -> Result<std::path::PathBuf, crate::BuildError> {
+    /// The disk of a catalogued image, the first of `formats` (`"qcow2"`, `"raw"`) its manifest
+    /// lists: booting prefers qcow2, reading a file system prefers raw (no conversion).
+    pub fn image_disk(
+        &self,
+        image: &kiln_store::Image,
+        formats: &[&str],
+    ) -> Result<std::path::PathBuf, crate::BuildError> {
         let dir = std::path::PathBuf::from(image.output_location.clone().unwrap_or_default());
         let manifest = image.manifest.clone().unwrap_or_default();
         let artifacts = manifest["artifacts"].as_array().cloned().unwrap_or_default();
-        let disk = ["qcow2", "raw"]
+        let disk = formats
             .iter()
             .find_map(|f| artifacts.iter().find(|a| a["format"] == *f))
             .and_then(|a| a["file"].as_str())
             .map(|f| dir.join(f));
         match disk {
             Some(d) if d.is_file() => Ok(d),
-            Some(d) => Err(crate::BuildError::Test(format!(
+            Some(d) => Err(crate::BuildError::Store(format!(
                 "image {} lists its disk {} but the file is missing",
                 image.arn,
                 d.display()
             ))),
-            None => Err(crate::BuildError::Test(format!(
-                "image {} has no raw or qcow2 disk in its manifest",
-                image.arn
+            None => Err(crate::BuildError::Store(format!(
+                "image {} has no {} disk in its manifest",
+                image.arn,
+                formats.join(" or ")
             ))),
         }
     }
@@ -180,7 +178,7 @@ impl crate::Kiln {
             (path.to_path_buf(), None)
         } else {
             let image = self.find_image(&req.target)?;
-            (self.image_disk(&image)?, Some(image))
+            (self.image_disk(&image, &["qcow2", "raw"])?, Some(image))
         };
         let manifest = image.as_ref().and_then(|i| i.manifest.clone()).unwrap_or_default();
         let mut infra: kiln_model::InfrastructureConfiguration =

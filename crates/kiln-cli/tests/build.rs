@@ -815,7 +815,10 @@ fn a_unit_failing_at_boot_or_a_qemu_that_cannot_start_fails_kiln_test() {
     assert_eq!(sysctl["status"], "failed", "{sysctl}");
     let why = sysctl["reason"].as_str().unwrap();
     assert!(why.contains("kernel.kiln_no_such_key") && !why.contains("kptr_restrict"), "{sysctl}");
-    assert!(sysctl["output"].as_str().unwrap().contains("kernel.kptr_restrict: want 2, kernel 2"), "{sysctl}");
+    assert!(
+        sysctl["output"].as_str().unwrap().contains("kernel.kptr_restrict: want 2, kernel 2"),
+        "{sysctl}"
+    );
     let junit = std::fs::read_to_string(report_dir.join("junit.xml")).unwrap();
     assert!(junit.contains("failures=\"2\""), "{junit}");
     assert_eq!(qemu_processes_of(&home), 0);

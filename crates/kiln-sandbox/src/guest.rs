@@ -231,25 +231,8 @@ impl Host for GuestSession {
     }
 
     fn exec(&self, req: &ExecRequest) -> HostResult<ExecOutput> {
-        let mut env = self.opts.env.clone();
-        for (k, v) in &req.env {
-            env.retain(|(key, _)| key != k);
-            env.push((k.clone(), v.clone()));
-        }
         let deadline = req.timeout.map(|t| Instant::now() + t + EXEC_GRACE);
-        let wire = Request::Exec {
-            argv: req.argv.clone(),
-            env,
-            cwd: req.cwd.clone(),
-            stdin: req.stdin.clone(),
-            timeout_ms: req.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
-        };
-        match self.call_until(&wire, deadline)? {
-            Reply::Exec { status, stdout, stderr, duration_us } => {
-                Ok(ExecOutput { status, stdout, stderr, duration: Duration::from_micros(duration_us) })
-            }
-            other => Err(crate::unexpected(other)),
-        }
+        crate::exec_output(self.call_until(&crate::exec_request(&self.opts.env, req), deadline)?)
     }
 
     crate::remote_file_ops!();

@@ -563,6 +563,32 @@ pub(crate) fn lookup_account(host: &dyn Host, name: &str, file: &str, what: &str
     })
 }
 
+/// The wire request for `req`: the session's base environment with the request's laid over.
+pub(crate) fn exec_request(base: &[(String, String)], req: &ExecRequest) -> Request {
+    let mut env = base.to_vec();
+    for (k, v) in &req.env {
+        env.retain(|(key, _)| key != k);
+        env.push((k.clone(), v.clone()));
+    }
+    Request::Exec {
+        argv: req.argv.clone(),
+        env,
+        cwd: req.cwd.clone(),
+        stdin: req.stdin.clone(),
+        timeout_ms: req.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
+    }
+}
+
+/// An agent's answer to an exec request.
+pub(crate) fn exec_output(reply: Reply) -> HostResult<ExecOutput> {
+    match reply {
+        Reply::Exec { status, stdout, stderr, duration_us } => {
+            Ok(ExecOutput { status, stdout, stderr, duration: Duration::from_micros(duration_us) })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The id (third field) of `name` in an `/etc/passwd` or `/etc/group` text.
 fn parse_account_db(text: &str, name: &str) -> Option<u32> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -600,24 +626,7 @@ impl Host for Session {
     }
 
     fn exec(&self, req: &ExecRequest) -> HostResult<ExecOutput> {
-        let mut env = self.config.env.clone();
-        for (k, v) in &req.env {
-            env.retain(|(key, _)| key != k);
-            env.push((k.clone(), v.clone()));
-        }
-        let req = Request::Exec {
-            argv: req.argv.clone(),
-            env,
-            cwd: req.cwd.clone(),
-            stdin: req.stdin.clone(),
-            timeout_ms: req.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
-        };
-        match self.call(&req)? {
-            Reply::Exec { status, stdout, stderr, duration_us } => {
-                Ok(ExecOutput { status, stdout, stderr, duration: Duration::from_micros(duration_us) })
-            }
-            other => Err(unexpected(other)),
-        }
+        exec_output(self.call(&exec_request(&self.config.env, req))?)
     }
 
     remote_file_ops!();

@@ -15,7 +15,7 @@ pub fn run(home: &Path, args: LaunchArgs) -> Result<ExitCode> {
         (Path::new(&args.target).to_path_buf(), None)
     } else {
         let image = kiln.find_image(&args.target)?;
-        (kiln.image_disk(&image)?, Some(image))
+        (kiln.image_disk(&image, &["qcow2", "raw"])?, Some(image))
     };
     let infra: kiln_model::InfrastructureConfiguration = image
         .as_ref()

@@ -192,7 +192,7 @@ fn kept_inventory(kiln: &Kiln, image: &kiln_store::Image) -> Result<(Inventory, 
             .with_context(|| format!("the inventory kept for {} does not read", image.arn))?;
         return Ok((inventory, "catalogue"));
     }
-    let disk = image_disk(image)?;
+    let disk = kiln.image_disk(image, &["raw", "qcow2"])?;
     let (inventory, _scratch) = disk_inventory(&kiln.home, &disk)?;
     let value = serde_json::to_value(&inventory)?;
     kiln.block_on(kiln.store().put_inventory(&image.arn, &value))?;
@@ -305,45 +305,12 @@ fn disk_inventory(home: &Path, disk: &Path) -> Result<(Inventory, tempfile::Temp
     Ok((Inventory::from_root(&root)?, scratch))
 }
 
-/// The raw or qcow2 disk of a catalogued image.
+/// The raw (else qcow2) disk of a catalogued image: reading its file system needs no
+/// conversion from raw.
 fn catalogued_disk(home: &Path, image: &str) -> Result<PathBuf> {
     let kiln = Kiln::open(home)?;
-    let store = kiln.store();
-    let found = if image.starts_with("arn:") {
-        kiln.block_on(store.get_image_by_arn(image))
-    } else {
-        let parts: Vec<&str> = image.split('/').collect();
-        let (name, version, build) = match parts.as_slice() {
-            [n, v] => (*n, *v, None),
-            [n, v, b] => {
-                (*n, *v, Some(b.parse::<u32>().with_context(|| format!("`{b}` is not a build number"))?))
-            }
-            _ => bail!("`{image}` is not a path, NAME/VERSION[/BUILD] or an image ARN"),
-        };
-        let version: kiln_store::Version =
-            version.parse().with_context(|| format!("`{image}` is not a path or NAME/VERSION[/BUILD]"))?;
-        kiln.block_on(store.get_image(name, &version, build))
-    }
-    .with_context(|| format!("{image} is not a path and not a catalogued image"))?;
-    image_disk(&found)
-}
-
-/// The raw (else qcow2) disk an image's manifest lists, in its output folder.
-fn image_disk(image: &kiln_store::Image) -> Result<PathBuf> {
-    let dir = PathBuf::from(image.output_location.clone().unwrap_or_default());
-    let manifest = image.manifest.clone().unwrap_or_default();
-    let disk = manifest["artifacts"]
-        .as_array()
-        .and_then(|a| {
-            a.iter().find(|x| x["format"] == "raw").or_else(|| a.iter().find(|x| x["format"] == "qcow2"))
-        })
-        .and_then(|x| x["file"].as_str())
-        .map(|f| dir.join(f));
-    match disk {
-        Some(d) if d.is_file() => Ok(d),
-        Some(d) => bail!("image {} lists its disk {} but the file is missing", image.arn, d.display()),
-        None => bail!("image {} has no raw or qcow2 disk in its manifest", image.arn),
-    }
+    let found = kiln.find_image(image)?;
+    Ok(kiln.image_disk(&found, &["raw", "qcow2"])?)
 }
 
 fn print_table(target: &str, inv: &Inventory, report: &kiln_scan::ScanReport) {
