@@ -41,6 +41,19 @@ else
 fi
 
 if [[ "${1:-}" == "--test" ]]; then
+  # OpenSCAP and the SCAP Security Guide content: optional for kiln (only SSG profiles in
+  # `kiln compliance` and compliance stages need them), required by its OpenSCAP tests.
+  scap=(openscap-scanner openscap-utils ssg-debian)
+  scap_missing=()
+  for p in "${scap[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || scap_missing+=("$p")
+  done
+  if ((${#scap_missing[@]})); then
+    say "installing OpenSCAP for the compliance tests: ${scap_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${scap_missing[@]}" >/dev/null
+  fi
   if ! cargo nextest --version >/dev/null 2>&1; then
     say "installing cargo-nextest (test runner) with cargo"
     cargo install --locked cargo-nextest

@@ -5,14 +5,16 @@
 //! layer, run each component's build phase in the sandbox on an overlay over the layers below
 //! (each result a cached, content-addressed layer), run the validate phases, add the
 //! golden-image cleanup layer, stage the merged tree, take its inventory and SBOMs, scan it
-//! against the stored vulnerability feeds under the recipe's policy ([`scan`]), assemble
+//! against the stored vulnerability feeds under the recipe's policy ([`scan`]), evaluate its
+//! compliance profiles ([`compliance`]), assemble
 //! the disk in every format asked for, boot it once as the test stage, and write the output
-//! folder (disks, `manifest.json`, `SHA256SUMS`, `build-log.jsonl`, SBOMs, `scan.json`) while the catalogue
+//! folder (disks, `manifest.json`, `SHA256SUMS`, `build-log.jsonl`, SBOMs, `scan.json`, `compliance.json` and `.html`) while the catalogue
 //! records every state transition. It knows recipes and stages, not how any one stage works:
 //! that belongs to kiln-parent, kiln-sandbox, kiln-component, kiln-image, kiln-scan and
 //! kiln-store.
 
 pub mod cleanup;
+pub mod compliance;
 pub mod layers;
 mod pipeline;
 pub mod run;
@@ -51,6 +53,12 @@ pub enum BuildError {
     /// The scan found what the policy's `failOn` does not allow.
     #[error("vulnerability scan gate failed: {0}")]
     ScanGate(String),
+    /// The compliance profiles could not be evaluated (OpenSCAP missing or failing).
+    #[error("compliance stage: {0}")]
+    Compliance(String),
+    /// The compliance evaluation did not pass the recipe's gate.
+    #[error("compliance gate failed: {0}")]
+    ComplianceGate(String),
     #[error("test stage: {0}")]
     Test(String),
     #[error("catalogue: {0}")]

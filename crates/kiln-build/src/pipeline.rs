@@ -217,9 +217,10 @@ impl Kiln {
             let layout = disk_layout(&file)?;
             let formats = output_formats(&file)?;
             let scan_policy = crate::scan::check(&file.image_scanning_configuration, &base_dir, &self.home)?;
-            Ok((components, parent, layout, formats, scan_policy))
+            let compliance = crate::compliance::check(&file, &req.resource_file, &parent)?;
+            Ok((components, parent, layout, formats, scan_policy, compliance))
         })();
-        let (components, parent, layout, formats, scan_policy) = checked.map_err(fail)?;
+        let (components, parent, layout, formats, scan_policy, compliance) = checked.map_err(fail)?;
         let out_dir = req.out_dir.clone().unwrap_or_else(|| {
             self.home
                 .join("images")
@@ -236,6 +237,7 @@ impl Kiln {
             layout: &layout,
             formats: &formats,
             scan_policy: &scan_policy,
+            compliance: compliance.as_ref(),
             arn: &arn,
             out_dir: &out_dir,
             progress,
@@ -400,6 +402,7 @@ struct BuildCtx<'a> {
     layout: &'a kiln_image::DiskLayout,
     formats: &'a [kiln_image::OutputFormat],
     scan_policy: &'a crate::scan::ScanPolicy,
+    compliance: Option<&'a kiln_compliance::Plan>,
     arn: &'a str,
     out_dir: &'a Path,
     progress: &'a dyn BuildProgress,
@@ -725,6 +728,9 @@ impl BuildCtx<'_> {
         let scan = self.stage("scan", || {
             crate::scan::stage(self.kiln, self.arn, self.out_dir, &inventory, self.scan_policy)
         })?;
+        let compliance = self.stage("compliance", || {
+            crate::compliance::stage(staged.root_view(), self.arn, self.out_dir, self.compliance)
+        })?;
         let disk =
             self.stage("assemble", || staged.assemble().map_err(|e| BuildError::Image(e.to_string())))?;
 
@@ -783,11 +789,13 @@ impl BuildCtx<'_> {
         extra_files.push(log_path.clone());
         extra_files.extend(test_files.iter().cloned());
         extra_files.extend(scan.report.clone());
+        extra_files.extend(compliance.reports.iter().map(|(p, _)| p.clone()));
         let test_formats = ["test-report", "junit", "test-console"];
         let reports = sboms
             .iter()
             .map(|p| (p, "sbom"))
             .chain(scan.report.iter().map(|p| (p, "scan-report")))
+            .chain(compliance.reports.iter().map(|(p, f)| (p, *f)))
             .chain(test_files.iter().zip(test_formats));
         for (path, format) in reports {
             // Relative to the output folder, as `sha256sum -c SHA256SUMS` there reads it.
@@ -812,6 +820,7 @@ impl BuildCtx<'_> {
             "disk": disk,
             "tests": tests,
             "scan": scan.manifest,
+            "compliance": compliance.manifest,
             "sourceDateEpoch": disk.source_date_epoch,
             "nonReproducible": disk.non_reproducible,
             "timingsMs": timings,

@@ -52,7 +52,8 @@ pub enum Command {
     /// `infrastructureConfiguration` and a `distributionConfiguration`, with Image Builder's
     /// names (see examples/). The output folder gets the disk in each format, manifest.json,
     /// SHA256SUMS, sbom.cdx.json, sbom.spdx.json, scan.json (the vulnerability scan under the
-    /// file's imageScanningConfiguration, against the feeds in KILN_HOME/feeds) and
+    /// file's imageScanningConfiguration, against the feeds in KILN_HOME/feeds),
+    /// compliance.json and compliance.html (when the file has a `compliance` policy) and
     /// build-log.jsonl. Needs root.
     Build(BuildArgs),
 
@@ -99,6 +100,33 @@ pub enum Command {
     ///   kiln scan --catalogue --feed https://security-tracker.debian.org/tracker/data/json --format json
     #[command(verbatim_doc_comment)]
     Scan(ScanArgs),
+
+    /// Evaluate compliance profiles against an image, disk file or root directory.
+    ///
+    /// kiln's own profiles (cis-level1, cis-level2, anssi-minimal, anssi-intermediary,
+    /// anssi-enhanced; `--list-profiles` shows them) are declarative rules checked on the
+    /// image's files without running anything in it: file content, permissions and owners,
+    /// packages, systemd units, sysctl settings, mount options, the effective sshd
+    /// configuration and disabled kernel modules. A profile may also be a profile file (a path),
+    /// or a SCAP Security Guide profile (`standard`, `anssi_np_nt28_average`, or its full XCCDF
+    /// id), which OpenSCAP evaluates offline on the tree (needs the ssg-debian, openscap-scanner
+    /// and openscap-utils packages, content for the target's Debian release, and root). Every
+    /// result is pass, fail, notapplicable, error, or exception (accepted with a
+    /// justification), with the evidence found. The score is passed / (passed + failed).
+    ///
+    /// Exit codes: 0 the evaluation ran and passed the gate (--min-score, --fail-on); 1 the gate
+    /// failed; 2 the command line was wrong (an unknown profile, an exception without a
+    /// justification or for an unknown rule); 3 the evaluation could not run (an unreadable
+    /// target, OpenSCAP missing or failing).
+    ///
+    /// Examples:
+    ///   kiln compliance ./rootfs --profile cis-level1
+    ///   kiln compliance my-image/1.0.0 --profile anssi-intermediary --profile anssi_np_nt28_average --format html --output report.html
+    ///   kiln compliance disk.qcow2 --profile cis-level2 --min-score 90 --fail-on high \
+    ///       --exception 'cis-1.1.3.1-var-separate:single-partition appliance'
+    ///   kiln compliance --list-profiles
+    #[command(verbatim_doc_comment)]
+    Compliance(ComplianceArgs),
 
     /// Boot an image as a test instance and test it from inside.
     ///
@@ -255,6 +283,55 @@ pub enum ScanFormat {
     Table,
     Json,
     Sarif,
+}
+
+#[derive(Debug, Args)]
+pub struct ComplianceArgs {
+    /// What to evaluate: a root directory (an unpacked image), a raw or qcow2 disk file
+    /// (imported into a temporary directory; needs root), or a catalogued image
+    /// NAME/VERSION[/BUILD] or its ARN.
+    #[arg(value_name = "TARGET", required_unless_present = "list_profiles")]
+    pub target: Option<String>,
+
+    /// A profile to evaluate: one of kiln's, a profile file (a path), or a SCAP Security Guide
+    /// profile id. Repeat for several; rules in more than one are reported once.
+    #[arg(long = "profile", value_name = "NAME", required_unless_present = "list_profiles")]
+    pub profiles: Vec<String>,
+
+    /// Accept a rule's result: RULE:JUSTIFICATION. The rule is reported as `exception` with the
+    /// justification and what it found, and does not count against the score or the gate.
+    #[arg(long = "exception", value_name = "RULE:JUSTIFICATION")]
+    pub exceptions: Vec<String>,
+
+    /// Output: `table` (readable), `json` (the report: target, profiles, score, counts, the
+    /// gate, every rule with its evidence, rationale, remediation and references) or `html` (a
+    /// self-contained page).
+    #[arg(long, value_enum, default_value_t = ComplianceFormat::Table)]
+    pub format: ComplianceFormat,
+
+    /// Write the report to FILE instead of standard output (a summary line is printed).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Exit 1 when the score (percent) is below N.
+    #[arg(long, value_name = "N")]
+    pub min_score: Option<f64>,
+
+    /// Exit 1 when a rule of this severity or above failed or could not be evaluated: low,
+    /// medium, high or critical.
+    #[arg(long, value_name = "SEVERITY")]
+    pub fail_on: Option<String>,
+
+    /// List kiln's profiles and the installed SCAP Security Guide profiles, and exit.
+    #[arg(long, conflicts_with_all = ["target", "profiles"])]
+    pub list_profiles: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ComplianceFormat {
+    Table,
+    Json,
+    Html,
 }
 
 #[derive(Debug, Args)]

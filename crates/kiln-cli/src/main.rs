@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => commands::image::run(&home, cmd),
         Command::Cache(cmd) => commands::cache::run(&home, cmd),
         Command::Scan(args) => commands::scan::run(&home, args),
+        Command::Compliance(args) => commands::compliance::run(&home, args),
         Command::Test(args) => commands::test::run(&home, args),
         Command::Launch(args) => commands::launch::run(&home, args),
     };

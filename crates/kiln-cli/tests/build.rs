@@ -395,6 +395,16 @@ fn bad_inputs_fail_clearly_before_any_work() {
             "failOn: unknown severity \"SEVERE\"",
         ),
         (format!("{good}imageScanningConfiguration:\n  failOn: LOW\n"), "a gate with no data cannot pass"),
+        (
+            format!("{good}compliance:\n  profiles: [cis-levl1]\n"),
+            "compliance.profiles[0]: unknown profile `cis-levl1`",
+        ),
+        (
+            format!(
+                "{good}compliance:\n  profiles: [cis-level1]\n  exceptions:\n    - ruleId: cis-9-x\n      justification: because\n"
+            ),
+            "compliance.exceptions[0].ruleId: `cis-9-x` is not a rule of the profiles evaluated (cis-level1)",
+        ),
     ];
     for (i, (text_, expect)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{i}.yml"));
@@ -402,7 +412,8 @@ fn bad_inputs_fail_clearly_before_any_work() {
         let started = std::time::Instant::now();
         let (out, o) = home.build(&file, &["--no-test"]);
         assert_eq!(out.status.code(), Some(1), "case {i}: {}", text(&out.stderr));
-        let err = o["error"].as_str().unwrap_or_default().to_string();
+        // Positioned diagnostics (the compliance policy's) go to stderr, the rest to the JSON.
+        let err = format!("{} {}", o["error"].as_str().unwrap_or_default(), text(&out.stderr));
         assert!(err.contains(expect), "case {i}: {err}");
         if i != 2 {
             assert!(started.elapsed().as_secs() < 20, "case {i} did work before failing");
@@ -483,6 +494,71 @@ fn a_scan_gate_fails_the_build_and_an_ignore_rule_with_a_reason_lets_it_pass() {
     assert_eq!(manifest["scan"]["ignored"], 1);
     let sums = std::fs::read_to_string(out_dir.join("SHA256SUMS")).unwrap();
     assert!(sums.lines().any(|l| l.ends_with("  scan.json")), "{sums}");
+}
+
+#[test]
+fn a_compliance_gate_fails_the_build_and_an_exception_lets_it_pass() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(two_components(dir.path(), "complied", "a", "b", false)).unwrap();
+    // A profile file beside the resource file, on top of CIS Level 1: one high rule this image
+    // fails (no marker file), so the gate's outcome does not depend on the bootstrap's details.
+    std::fs::write(
+        dir.path().join("site.yml"),
+        "id: site\ntitle: Site\nextends: cis-level1\nrules:\n  - id: site-marker\n    title: The site marker exists\n    \
+         severity: critical\n    rationale: r\n    remediation: m\n    references: { cis: [x] }\n    check: { fileExists: { path: \
+         /etc/site-marker } }\n",
+    )
+    .unwrap();
+    let policy = "compliance:\n  profiles: [site.yml]\n  failOnSeverity: critical\n";
+    let file = dir.path().join("complied.yml");
+    std::fs::write(&file, format!("{base}{policy}")).unwrap();
+    let out_dir = dir.path().join("out");
+    let (out, o) = home.build(&file, &["--no-test", "--out", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = o["error"].as_str().unwrap();
+    assert!(err.starts_with("compliance gate failed: score "), "{err}");
+    assert!(
+        err.contains("rule(s) of severity critical or above failed or could not be evaluated: site-marker"),
+        "{err}"
+    );
+    assert!(home.images()[0]["reason"].as_str().unwrap().contains("site-marker"));
+    // Both reports were written before the build failed, and no disk was made.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("compliance.json")).unwrap()).unwrap();
+    assert_eq!(report["gate"]["failingRules"], serde_json::json!(["site-marker"]));
+    assert!(report["results"].as_array().unwrap().len() > 40, "Level 1 came with the site profile");
+    assert!(out_dir.join("compliance.html").is_file());
+    assert!(!out_dir.join("complied.qcow2").exists());
+
+    let excepted = format!(
+        "{base}{policy}  exceptions:\n    - ruleId: site-marker\n      justification: the marker is written at first boot\n"
+    );
+    std::fs::write(&file, excepted).unwrap();
+    let (out, o) = home.build(&file, &["--no-test", "--out", out_dir.to_str().unwrap()]);
+    ok(&out);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o["outcome"]["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    let c = &manifest["compliance"];
+    assert_eq!(c["status"], "COMPLETED");
+    assert_eq!(c["gate"]["passed"], true);
+    assert_eq!(c["counts"]["exception"], 1);
+    assert_eq!(c["profiles"][0]["id"], "site");
+    let formats: Vec<&str> =
+        manifest["artifacts"].as_array().unwrap().iter().filter_map(|a| a["format"].as_str()).collect();
+    assert!(
+        formats.contains(&"compliance-report") && formats.contains(&"compliance-report-html"),
+        "{formats:?}"
+    );
+    let sums = std::fs::read_to_string(out_dir.join("SHA256SUMS")).unwrap();
+    assert!(sums.lines().any(|l| l.ends_with("  compliance.json")), "{sums}");
+    assert!(sums.lines().any(|l| l.ends_with("  compliance.html")), "{sums}");
+    // The staged tree has kiln's fstab: the root is there, /tmp is not separate.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("compliance.json")).unwrap()).unwrap();
+    let tmp =
+        report["results"].as_array().unwrap().iter().find(|r| r["id"] == "cis-1.1.2.1-tmp-separate").unwrap();
+    assert_eq!(tmp["status"], "fail", "{tmp}");
 }
 
 #[test]

@@ -14,9 +14,10 @@ pub mod version;
 
 pub use arn::Arn;
 pub use resource::{
-    BuilderKind, ComponentConfig, ComponentParameter, ComponentResource, DiskLayoutSpec, Distribution,
-    DistributionConfiguration, ImageRecipe, ImageScanningConfiguration, InfrastructureConfiguration,
-    NetworkPolicy, PartitionSpec, ResourceFile, ScanIgnoreRule, load_resource_file, parse_resource_file,
+    BuilderKind, ComplianceConfiguration, ComplianceException, ComponentConfig, ComponentParameter,
+    ComponentResource, DiskLayoutSpec, Distribution, DistributionConfiguration, ImageRecipe,
+    ImageScanningConfiguration, InfrastructureConfiguration, NetworkPolicy, PartitionSpec, ResourceFile,
+    ScanIgnoreRule, diagnostic_at, load_resource_file, parse_resource_file,
 };
 pub use version::{MAX_VERSION_PART, SemVer, VersionError, VersionFilter};
 

@@ -33,6 +33,53 @@ pub struct ResourceFile {
     /// scans unless `imageScanningEnabled: false`).
     #[serde(default)]
     pub image_scanning_configuration: ImageScanningConfiguration,
+    /// kiln extension: the compliance stage (profiles evaluated against the image, accepted
+    /// exceptions, the gate). No compliance stage runs without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<ComplianceConfiguration>,
+}
+
+/// kiln extension: the compliance policy of a build. Profile names, rule ids and severities
+/// are checked by the build before any work (this crate knows no profiles).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComplianceConfiguration {
+    /// kiln's profiles (`cis-level1`, `anssi-intermediary`, ...), profile files relative to
+    /// the resource file, or SCAP Security Guide profiles (`anssi_np_nt28_average`).
+    #[serde(deserialize_with = "strings_or_string")]
+    pub profiles: Vec<String>,
+    /// Fail the build when the score (passed / (passed + failed), percent) is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "number_or_text")]
+    pub min_score: Option<f64>,
+    /// Fail the build on any failed rule of this severity or above (low, medium, high, critical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_on_severity: Option<String>,
+    /// Rules whose result is accepted for this image, each with a justification.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exceptions: Vec<ComplianceException>,
+}
+
+/// kiln extension: one accepted rule in [`ComplianceConfiguration::exceptions`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComplianceException {
+    pub rule_id: String,
+    /// Why the rule's result is acceptable (required).
+    pub justification: String,
+}
+
+/// `90` and `92.5` alike: the YAML reader keeps anything but whole numbers as text.
+fn number_or_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => Ok(n.as_f64()),
+        serde_json::Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a number"))),
+        other => Err(serde::de::Error::custom(format!("expected a number, found {other}"))),
+    }
 }
 
 /// Image Builder's `ImageScanningConfiguration`, plus kiln's scan policy.
@@ -549,6 +596,36 @@ fn check(file: &str, root: &Node, r: &ResourceFile) -> Vec<Diagnostic> {
             );
         }
     }
+    if let Some(c) = &r.compliance {
+        if c.profiles.is_empty() {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    at(&[Key("compliance"), Key("profiles")]),
+                    "no compliance profile is named",
+                )
+                .with_hint(
+                    "name at least one, such as cis-level1; `kiln compliance --list-profiles` lists them",
+                ),
+            );
+        }
+        for (i, e) in c.exceptions.iter().enumerate() {
+            let at_ex = |field| at(&[Key("compliance"), Key("exceptions"), Index(i), Key(field)]);
+            if e.rule_id.trim().is_empty() {
+                diags.push(Diagnostic::new(file, at_ex("ruleId"), "the rule id is empty"));
+            }
+            if e.justification.trim().is_empty() {
+                diags.push(
+                    Diagnostic::new(
+                        file,
+                        at_ex("justification"),
+                        format!("the exception for `{}` has an empty justification", e.rule_id),
+                    )
+                    .with_hint("say why the rule's result is acceptable for this image"),
+                );
+            }
+        }
+    }
     if let Some(layout) = &r.image_recipe.disk_layout {
         for (i, p) in layout.partitions.iter().enumerate() {
             let span =
@@ -577,6 +654,37 @@ fn check(file: &str, root: &Node, r: &ResourceFile) -> Vec<Diagnostic> {
     }
     diags.sort_by_key(|d| (d.line, d.column));
     diags
+}
+
+/// A diagnostic at a field of the resource file at `path`, for problems found after parsing
+/// (by stages that know what a value means). `field` is a dotted path with indexes, such as
+/// `compliance.exceptions[1].ruleId`; the position is that of the deepest node it reaches.
+pub fn diagnostic_at(path: &Path, field: &str, message: impl Into<String>) -> Diagnostic {
+    let name = path.display().to_string();
+    let root = std::fs::read_to_string(path).ok().and_then(|t| kiln_component::yaml::parse(&name, &t).ok());
+    let mut span = Span::default();
+    if let Some(root) = &root {
+        let mut node = root;
+        'walk: for part in field.split('.') {
+            let (key, indexes) = match part.split_once('[') {
+                Some((k, rest)) => (k, Some(rest)),
+                None => (part, None),
+            };
+            match node.get(key) {
+                Some(n) => node = n,
+                None => break,
+            }
+            for idx in indexes.into_iter().flat_map(|r| r.split('[')) {
+                let Some(i) = idx.trim_end_matches(']').parse::<usize>().ok() else { break 'walk };
+                match node.as_seq().and_then(|s| s.get(i)) {
+                    Some(n) => node = n,
+                    None => break 'walk,
+                }
+            }
+        }
+        span = node.span;
+    }
+    Diagnostic::new(&name, span, message)
 }
 
 enum PathSeg<'a> {
@@ -784,6 +892,64 @@ distributionConfiguration:
         assert!(e[0].starts_with("r.yml:44:15: ignore rule for `CVE-2024-1` has an empty reason"), "{e:?}");
         let e = errors(&format!("{GOOD}{}", POLICY.replace("      reason: not reachable\n", "")));
         assert!(e[0].contains("missing field `reason`"), "{e:?}");
+    }
+
+    const COMPLIANCE: &str = "compliance:
+  profiles: [cis-level1, anssi_np_nt28_average]
+  minScore: 92.5
+  failOnSeverity: high
+  exceptions:
+    - ruleId: cis-1.1.2.1-tmp-separate
+      justification: /tmp is a tmpfs set up by the application
+";
+
+    #[test]
+    fn the_compliance_policy_is_read_and_checked() {
+        assert!(parse_resource_file("r.yml", GOOD).unwrap().compliance.is_none());
+        let r = parse_resource_file("r.yml", &format!("{GOOD}{COMPLIANCE}")).unwrap();
+        let c = r.compliance.as_ref().unwrap();
+        assert_eq!(c.profiles, ["cis-level1", "anssi_np_nt28_average"]);
+        assert_eq!(c.min_score, Some(92.5));
+        assert_eq!(c.fail_on_severity.as_deref(), Some("high"));
+        assert_eq!(c.exceptions[0].rule_id, "cis-1.1.2.1-tmp-separate");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["compliance"]["minScore"], 92.5);
+        let r = parse_resource_file("r.yml", &format!("{GOOD}{}", COMPLIANCE.replace("92.5", "90"))).unwrap();
+        assert_eq!(r.compliance.unwrap().min_score, Some(90.0));
+
+        let e = errors(&format!(
+            "{GOOD}{}",
+            COMPLIANCE.replace("      justification: /tmp is a tmpfs set up by the application\n", "")
+        ));
+        assert!(e[0].contains("missing field `justification`"), "{e:?}");
+        let e = errors(&format!(
+            "{GOOD}{}",
+            COMPLIANCE.replace("/tmp is a tmpfs set up by the application", "''")
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "r.yml:39:22: the exception for `cis-1.1.2.1-tmp-separate` has an empty justification"
+            ),
+            "{e:?}"
+        );
+        let e = errors(&format!("{GOOD}{}", COMPLIANCE.replace("minScore: 92.5", "minScore: lots")));
+        assert!(e[0].contains("`lots` is not a number"), "{e:?}");
+        let e = errors(&format!("{GOOD}{}", COMPLIANCE.replace("failOnSeverity", "failOnSeverty")));
+        assert!(e[0].contains("did you mean `failOnSeverity`?"), "{e:?}");
+    }
+
+    #[test]
+    fn later_stages_point_at_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yml");
+        std::fs::write(&path, format!("{GOOD}{COMPLIANCE}")).unwrap();
+        let d = diagnostic_at(&path, "compliance.exceptions[0].ruleId", "unknown rule");
+        assert_eq!((d.line, d.column), (38, 15), "{d}");
+        let d = diagnostic_at(&path, "compliance.profiles[1]", "unknown profile");
+        assert_eq!((d.line, d.column), (34, 26), "{d}");
+        let d = diagnostic_at(&path, "compliance.nothing", "x");
+        assert_eq!((d.line, d.column), (34, 3), "the deepest node reached: {d}");
     }
 
     #[test]

@@ -108,6 +108,35 @@ impl RootFs {
         Ok(Some(target.to_string_lossy().into_owned()))
     }
 
+    /// The status of the object at `rel`: with `follow`, a final symlink is resolved inside the
+    /// root (as the image's own system would see the file); without it, the link itself is
+    /// described. `Ok(None)` when it does not exist.
+    pub fn metadata(&self, rel: &str, follow: bool) -> io::Result<Option<Metadata>> {
+        let stat = if follow {
+            match self.open_in_root(rel, OFlags::PATH) {
+                Ok(fd) => rustix::fs::fstat(&fd)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        } else {
+            let Some((parent, name)) = split_last(rel) else {
+                // The root itself.
+                return rustix::fs::fstat(&self.root).map(|s| Some(Metadata::from(&s))).map_err(Into::into);
+            };
+            let dir = match self.open_in_root(parent, OFlags::PATH | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(Some(Metadata::from(&stat)))
+    }
+
     /// Resolves `rel` inside the root and opens the final object with `flags`.
     fn open_in_root(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
         let mut pending: VecDeque<String> = components(rel).collect();
@@ -154,6 +183,46 @@ impl RootFs {
     }
 }
 
+/// What [`RootFs::metadata`] tells about a file: its kind, permission bits and owners (ids as
+/// stored in the image; names come from the image's own /etc/passwd and /etc/group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    pub kind: FileKind,
+    /// Permission bits with setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+}
+
+/// The kind of a file in an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    /// A device, FIFO or socket.
+    Other,
+}
+
+impl From<&rustix::fs::Stat> for Metadata {
+    fn from(st: &rustix::fs::Stat) -> Self {
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => FileKind::File,
+            FileType::Directory => FileKind::Dir,
+            FileType::Symlink => FileKind::Symlink,
+            _ => FileKind::Other,
+        };
+        Metadata {
+            kind,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+        }
+    }
+}
+
 fn components(path: &str) -> impl Iterator<Item = String> + '_ {
     path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string)
 }
@@ -196,6 +265,14 @@ mod tests {
         assert_eq!(fs.read("etc/escape").unwrap(), None);
         assert!(fs.read("etc/loop1").is_err());
         assert_eq!(fs.read_link("etc/os-release").unwrap().as_deref(), Some("../usr/lib/os-release"));
+        let followed = fs.metadata("etc/os-release", true).unwrap().unwrap();
+        assert_eq!(followed.kind, FileKind::File);
+        assert_eq!(followed.size, 10);
+        assert_eq!(fs.metadata("etc/os-release", false).unwrap().unwrap().kind, FileKind::Symlink);
+        // The host file's metadata is not reachable through the planted link either.
+        assert_eq!(fs.metadata("etc/escape", true).unwrap(), None);
+        assert_eq!(fs.metadata("etc/escape", false).unwrap().unwrap().kind, FileKind::Symlink);
+        assert_eq!(fs.metadata("etc", true).unwrap().unwrap().kind, FileKind::Dir);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod compliance;
 pub mod component;
 pub mod image;
 pub mod launch;

@@ -1,0 +1,197 @@
+//! `kiln compliance`: compliance profiles evaluated against a root directory, a disk file or a
+//! catalogued image; `kiln compliance --list-profiles`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use kiln_build::Kiln;
+use kiln_compliance::policy::{PlanField, PlanOptions};
+use kiln_compliance::{ComplianceError, ComplianceReport, Exception, Gate, Plan, Severity, Status};
+
+use crate::cli::{ComplianceArgs, ComplianceFormat};
+
+/// The command line was wrong (documented in `kiln --help`).
+const EXIT_USAGE: u8 = 2;
+
+pub fn run(home: &Path, args: ComplianceArgs) -> Result<ExitCode> {
+    if args.list_profiles {
+        list_profiles();
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Everything on the command line is checked before a disk is imported.
+    let Some(target) = args.target.as_deref() else {
+        return Ok(usage(
+            "give a TARGET (a root directory, a disk file or a catalogued image), or --list-profiles",
+        ));
+    };
+    let fail_on = match args.fail_on.as_deref().map(str::parse::<Severity>).transpose() {
+        Ok(s) => s,
+        Err(e) => return Ok(usage(&format!("--fail-on: {e}"))),
+    };
+    let mut exceptions = Vec::new();
+    for spec in &args.exceptions {
+        match spec.split_once(':') {
+            Some((rule, why)) => {
+                exceptions.push(Exception { rule_id: rule.trim().into(), justification: why.trim().into() })
+            }
+            None => {
+                return Ok(usage(&format!(
+                    "--exception {spec}: expected RULE:JUSTIFICATION (say why the rule's result is acceptable)"
+                )));
+            }
+        }
+    }
+    let gate = Gate { min_score: args.min_score, fail_on_severity: fail_on };
+    let plan = match Plan::new(&args.profiles, &exceptions, gate, &PlanOptions::default()) {
+        Ok(p) => p,
+        Err(ComplianceError::Plan(problems)) => {
+            for p in problems {
+                let option = match p.field {
+                    PlanField::Profile(i) => {
+                        format!("--profile {}", args.profiles.get(i).map(String::as_str).unwrap_or(""))
+                    }
+                    PlanField::Exception(i, _) => format!("--exception {}", args.exceptions[i]),
+                    PlanField::MinScore => "--min-score".into(),
+                };
+                let hint = p.hint.map(|h| format!(" ({h})")).unwrap_or_default();
+                eprintln!("error: {option}: {}{hint}", p.message);
+            }
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let (root, label, _scratch) = root_of(home, target)?;
+    let report = kiln_compliance::evaluate(&root, &label, &plan)
+        .with_context(|| format!("cannot evaluate {target}"))?;
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
+    let text = match args.format {
+        ComplianceFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        ComplianceFormat::Html => kiln_compliance::html::render(&report),
+        ComplianceFormat::Table => table(&report),
+    };
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            eprintln!("report written to {}", path.display());
+            if args.format != ComplianceFormat::Table {
+                print!("{}", summary(&report));
+            }
+        }
+        None => print!("{text}"),
+    }
+    match report.gate_failure() {
+        Some(failure) => {
+            eprintln!("compliance gate failed: {failure}");
+            Ok(ExitCode::from(crate::EXIT_FAILED))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// The root to evaluate, how the report names it, and the temporary folder of an imported
+/// disk (removed when dropped).
+fn root_of(home: &Path, target: &str) -> Result<(std::path::PathBuf, String, Option<tempfile::TempDir>)> {
+    let path = Path::new(target);
+    if path.is_dir() {
+        return Ok((path.to_path_buf(), target.to_string(), None));
+    }
+    let (disk, label) = if path.is_file() {
+        (path.to_path_buf(), target.to_string())
+    } else if target.starts_with(['/', '.']) {
+        bail!(
+            "{target} does not exist: give a root directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)"
+        );
+    } else if target.starts_with("arn:") || target.contains('/') {
+        let kiln = Kiln::open(home)?;
+        let image = kiln.find_image(target)?;
+        (kiln.image_disk(&image)?, image.arn)
+    } else {
+        bail!("{target} is not a directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)");
+    };
+    let tmp = home.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let scratch = tempfile::Builder::new().prefix("compliance-").tempdir_in(&tmp)?;
+    let root = scratch.path().join("root");
+    eprintln!("importing the root file system of {} (needs root)", disk.display());
+    kiln_parent::import_disk(&disk, &root)
+        .with_context(|| format!("cannot read the disk {} to evaluate it", disk.display()))?;
+    Ok((root, label, Some(scratch)))
+}
+
+fn summary(r: &ComplianceReport) -> String {
+    let counts: Vec<String> =
+        Status::ALL.iter().filter(|s| r.count(**s) > 0).map(|s| format!("{} {s}", r.count(*s))).collect();
+    format!(
+        "score {:.1}% ({}); gate {}\n",
+        r.score,
+        counts.join(", "),
+        if r.gate.passed { "passed" } else { "failed" }
+    )
+}
+
+fn table(r: &ComplianceReport) -> String {
+    let mut out = String::new();
+    let profiles: Vec<&str> = r.profiles.iter().map(|p| p.id.as_str()).collect();
+    out.push_str(&format!("{}: {}\n\n", r.target, profiles.join(", ")));
+    let w = r.results.iter().map(|x| x.id.len()).max().unwrap_or(0).max(4);
+    out.push_str(&format!("{:<13} {:<8} {:<w$} TITLE\n", "STATUS", "SEVERITY", "RULE"));
+    for x in &r.results {
+        out.push_str(&format!(
+            "{:<13} {:<8} {:<w$} {}\n",
+            x.status.as_str(),
+            x.severity.as_str(),
+            x.id,
+            x.title
+        ));
+        // What a reader needs to act on: the evidence of failures, the reason of exceptions.
+        if matches!(x.status, Status::Fail | Status::Error) {
+            for e in x.evidence.iter().take(3) {
+                out.push_str(&format!("{:13}   {e}\n", ""));
+            }
+        }
+        if let Some(j) = &x.justification {
+            out.push_str(&format!("{:13}   exception: {j}\n", ""));
+        }
+    }
+    out.push('\n');
+    out.push_str(&summary(r));
+    for reason in &r.gate.reasons {
+        out.push_str(&format!("  {reason}\n"));
+    }
+    out
+}
+
+fn list_profiles() {
+    println!("kiln's profiles:");
+    for name in kiln_compliance::profile_names() {
+        match kiln_compliance::Profile::builtin(name) {
+            Some(Ok(p)) => println!("  {:<20} {:>3} rules  {}", p.id, p.rules.len(), p.title),
+            Some(Err(e)) => println!("  {name:<20} (does not load: {e})"),
+            None => {}
+        }
+    }
+    let dir = Path::new(kiln_compliance::scap::CONTENT_DIR);
+    let ssg = kiln_compliance::scap::list_profiles(dir);
+    if ssg.is_empty() {
+        println!(
+            "\nSCAP Security Guide profiles: none installed in {} ({})",
+            dir.display(),
+            kiln_compliance::scap::INSTALL
+        );
+        return;
+    }
+    println!("\nSCAP Security Guide profiles (OpenSCAP, from {}):", dir.display());
+    for (release, id, title) in ssg {
+        println!("  Debian {release:<3} {id:<32} {title}");
+    }
+}
