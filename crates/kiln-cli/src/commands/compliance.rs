@@ -4,8 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use kiln_build::Kiln;
+use anyhow::{Context, Result};
 use kiln_compliance::policy::{PlanField, PlanOptions};
 use kiln_compliance::{ComplianceError, ComplianceReport, Exception, Gate, Plan, Severity, Status};
 
@@ -62,7 +61,7 @@ pub fn run(home: &Path, args: ComplianceArgs) -> Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
 
-    let (root, label, _scratch) = root_of(home, target)?;
+    let (root, label, _scratch) = super::target::root_of(home, target)?;
     let report = kiln_compliance::evaluate(&root, &label, &plan)
         .with_context(|| format!("cannot evaluate {target}"))?;
     for n in &report.notes {
@@ -96,36 +95,6 @@ pub fn run(home: &Path, args: ComplianceArgs) -> Result<ExitCode> {
 fn usage(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(EXIT_USAGE)
-}
-
-/// The root to evaluate, how the report names it, and the temporary folder of an imported
-/// disk (removed when dropped).
-fn root_of(home: &Path, target: &str) -> Result<(std::path::PathBuf, String, Option<tempfile::TempDir>)> {
-    let path = Path::new(target);
-    if path.is_dir() {
-        return Ok((path.to_path_buf(), target.to_string(), None));
-    }
-    let (disk, label) = if path.is_file() {
-        (path.to_path_buf(), target.to_string())
-    } else if target.starts_with(['/', '.']) {
-        bail!(
-            "{target} does not exist: give a root directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)"
-        );
-    } else if target.starts_with("arn:") || target.contains('/') {
-        let kiln = Kiln::open(home)?;
-        let image = kiln.find_image(target)?;
-        (kiln.image_disk(&image)?, image.arn)
-    } else {
-        bail!("{target} is not a directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)");
-    };
-    let tmp = home.join("tmp");
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let scratch = tempfile::Builder::new().prefix("compliance-").tempdir_in(&tmp)?;
-    let root = scratch.path().join("root");
-    eprintln!("importing the root file system of {} (needs root)", disk.display());
-    kiln_parent::import_disk(&disk, &root)
-        .with_context(|| format!("cannot read the disk {} to evaluate it", disk.display()))?;
-    Ok((root, label, Some(scratch)))
 }
 
 fn summary(r: &ComplianceReport) -> String {

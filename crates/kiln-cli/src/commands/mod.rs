@@ -7,4 +7,5 @@ pub mod component;
 pub mod image;
 pub mod launch;
 pub mod scan;
+pub mod target;
 pub mod test;

@@ -1,7 +1,7 @@
 //! `kiln scan`: inventory of a target, matched against the feeds in KILN_HOME/feeds; and
 //! `kiln scan --catalogue`, every AVAILABLE image rescanned from its kept inventory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -277,40 +277,15 @@ fn looks_like_date(s: &str) -> bool {
 
 /// The inventory of TARGET, and the temporary root it was read from (removed when dropped).
 fn inventory_of(home: &Path, target: &str) -> Result<(Inventory, Option<tempfile::TempDir>)> {
-    let path = Path::new(target);
-    if path.is_dir() {
-        return Ok((Inventory::from_root(path)?, None));
-    }
-    let disk = if path.is_file() {
-        path.to_path_buf()
-    } else if target.starts_with("arn:") || target.contains('/') {
-        catalogued_disk(home, target)?
-    } else {
-        bail!("{target} is not a directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)");
-    };
-    let (inventory, scratch) = disk_inventory(home, &disk)?;
-    Ok((inventory, Some(scratch)))
-}
-
-/// The inventory of a raw or qcow2 disk, read from its root file system imported into a
-/// temporary directory under KILN_HOME/tmp (removed when the returned guard is dropped).
-fn disk_inventory(home: &Path, disk: &Path) -> Result<(Inventory, tempfile::TempDir)> {
-    let tmp_root = home.join("tmp");
-    std::fs::create_dir_all(&tmp_root).with_context(|| format!("cannot create {}", tmp_root.display()))?;
-    let scratch = tempfile::Builder::new().prefix("scan-").tempdir_in(&tmp_root)?;
-    let root = scratch.path().join("root");
-    eprintln!("importing the root file system of {} (needs root)", disk.display());
-    kiln_parent::import_disk(disk, &root)
-        .with_context(|| format!("cannot read the disk {} to scan it", disk.display()))?;
+    let (root, _, scratch) = super::target::root_of(home, target)?;
     Ok((Inventory::from_root(&root)?, scratch))
 }
 
-/// The raw (else qcow2) disk of a catalogued image: reading its file system needs no
-/// conversion from raw.
-fn catalogued_disk(home: &Path, image: &str) -> Result<PathBuf> {
-    let kiln = Kiln::open(home)?;
-    let found = kiln.find_image(image)?;
-    Ok(kiln.image_disk(&found, &["raw", "qcow2"])?)
+/// The inventory of a raw or qcow2 disk, read from its root file system imported into a
+/// temporary directory (removed when the returned guard is dropped).
+fn disk_inventory(home: &Path, disk: &Path) -> Result<(Inventory, tempfile::TempDir)> {
+    let (root, scratch) = super::target::import_root(home, disk)?;
+    Ok((Inventory::from_root(&root)?, scratch))
 }
 
 fn print_table(target: &str, inv: &Inventory, report: &kiln_scan::ScanReport) {
