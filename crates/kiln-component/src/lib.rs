@@ -15,5 +15,6 @@ pub mod engine;
 pub mod expr;
 pub mod node;
 pub mod report;
+pub mod typed;
 pub mod validate;
 pub mod yaml;

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kiln_component::diag::Diagnostic;
-use kiln_component::node::{Node, NodeKind, ScalarStyle, Span};
+use kiln_component::node::{Node, Span};
+use kiln_component::typed::{Seg, span_at};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::version::{SemVer, VersionFilter};
@@ -454,28 +455,12 @@ pub fn parse_resource_file(file: &str, text: &str) -> Result<ResourceFile, Vec<D
              `infrastructureConfiguration`, `distributionConfiguration`",
         )]);
     }
-    let json = typed_json(&root);
-    let parsed: ResourceFile = serde_path_to_error::deserialize(json).map_err(|e| {
-        let message = e.inner().to_string();
-        let mut span = span_of(&root, e.path());
-        let mut hint = None;
-        if let Some(key) = unknown_field(&message) {
-            // The path ends at the unknown key: point at the key, and suggest the near name.
-            let segments: Vec<_> = e.path().iter().collect();
-            let parent = segments.split_last().and_then(|(_, init)| node_at(&root, init.iter().copied()));
-            if let Some((k, _)) = parent.and_then(|p| p.entry(key)) {
-                span = k.span;
-            }
-            let expected = message.split_once("expected").map(|(_, list)| list).unwrap_or_default();
-            let names = expected.split('`').skip(1).step_by(2);
-            hint = kiln_component::diag::suggest(key, names).map(|s| format!("did you mean `{s}`?"));
-        } else if message.starts_with("missing field") {
-            hint = Some("add the field; see examples/ for complete resource files".to_string());
-        }
-        let mut d = Diagnostic::new(file, span, format!("{}: {message}", display_path(e.path())));
-        d.hint = hint;
-        vec![d]
-    })?;
+    let parsed: ResourceFile = kiln_component::typed::deserialize(
+        file,
+        &root,
+        Some("the resource file"),
+        Some("add the field; see examples/ for complete resource files"),
+    )?;
     let diags = check(file, &root, &parsed);
     if diags.is_empty() { Ok(parsed) } else { Err(diags) }
 }
@@ -483,21 +468,8 @@ pub fn parse_resource_file(file: &str, text: &str) -> Result<ResourceFile, Vec<D
 /// Semantic checks serde cannot make.
 fn check(file: &str, root: &Node, r: &ResourceFile) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
-    let at = |path: &[PathSeg]| {
-        let mut node = root;
-        for seg in path {
-            let next = match seg {
-                PathSeg::Key(k) => node.get(k),
-                PathSeg::Index(i) => node.as_seq().and_then(|s| s.get(*i)),
-            };
-            match next {
-                Some(n) => node = n,
-                None => break,
-            }
-        }
-        node.span
-    };
-    use PathSeg::{Index, Key};
+    let at = |path: &[Seg<'_>]| span_at(root, path);
+    use Seg::{Index, Key};
     if let Err(e) = SemVer::parse(&r.image_recipe.semantic_version) {
         diags.push(Diagnostic::new(file, at(&[Key("imageRecipe"), Key("semanticVersion")]), e.to_string()));
     }
@@ -685,78 +657,6 @@ pub fn diagnostic_at(path: &Path, field: &str, message: impl Into<String>) -> Di
         span = node.span;
     }
     Diagnostic::new(&name, span, message)
-}
-
-enum PathSeg<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-/// The YAML tree as JSON for serde: plain `true`/`false` become booleans and plain whole
-/// numbers become numbers, so typed fields (`memoryMib: 2048`) read naturally; everything else,
-/// and everything quoted, stays text (`semanticVersion: 1.0.0`, `value: '5'`).
-fn typed_json(node: &Node) -> serde_json::Value {
-    match &node.kind {
-        NodeKind::Null => serde_json::Value::Null,
-        NodeKind::Scalar(s, ScalarStyle::Plain) => match s.as_str() {
-            "true" => serde_json::Value::Bool(true),
-            "false" => serde_json::Value::Bool(false),
-            _ => match s.parse::<i64>() {
-                Ok(n) if !(s.len() > 1 && s.starts_with('0')) => serde_json::Value::Number(n.into()),
-                _ => serde_json::Value::String(s.clone()),
-            },
-        },
-        NodeKind::Scalar(s, _) => serde_json::Value::String(s.clone()),
-        NodeKind::Seq(items) => serde_json::Value::Array(items.iter().map(typed_json).collect()),
-        NodeKind::Map(entries) => serde_json::Value::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), typed_json(v)))
-                .collect(),
-        ),
-    }
-}
-
-fn node_at<'a, 'p>(
-    root: &'a Node,
-    path: impl IntoIterator<Item = &'p serde_path_to_error::Segment>,
-) -> Option<&'a Node> {
-    let mut node = root;
-    for seg in path {
-        node = match seg {
-            serde_path_to_error::Segment::Map { key } => node.get(key)?,
-            serde_path_to_error::Segment::Seq { index } => node.as_seq()?.get(*index)?,
-            _ => return Some(node),
-        };
-    }
-    Some(node)
-}
-
-/// The span of the deepest node the path reaches.
-fn span_of(root: &Node, path: &serde_path_to_error::Path) -> Span {
-    let mut node = root;
-    for seg in path.iter() {
-        let next = match seg {
-            serde_path_to_error::Segment::Map { key } => node.get(key),
-            serde_path_to_error::Segment::Seq { index } => node.as_seq().and_then(|s| s.get(*index)),
-            _ => None,
-        };
-        match next {
-            Some(n) => node = n,
-            None => break,
-        }
-    }
-    node.span
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split_once('`').map(|(k, _)| k)
-}
-
-fn display_path(path: &serde_path_to_error::Path) -> String {
-    let text = path.to_string();
-    if text == "." { "the resource file".to_string() } else { format!("`{text}`") }
 }
 
 #[cfg(test)]
