@@ -15,6 +15,7 @@
 
 pub mod cleanup;
 pub mod compliance;
+pub mod distribute;
 pub mod layers;
 mod pipeline;
 pub mod run;

@@ -76,6 +76,8 @@ pub struct BuildOutcome {
     pub layers_reused: usize,
     pub layers_built: usize,
     pub duration_ms: u64,
+    /// The regions with a store, and how distributing there went.
+    pub regions: Vec<crate::distribute::RegionOutcome>,
 }
 
 /// kiln's home on this machine: state, caches and outputs under `KILN_HOME`.
@@ -837,6 +839,20 @@ impl BuildCtx<'_> {
         self.kiln
             .block_on(self.kiln.store.set_manifest(self.arn, &self.out_dir.display().to_string(), &manifest))
             .map_err(|e| BuildError::Store(e.to_string()))?;
+        // Distribution to the regions that name a store. A region that fails is recorded with
+        // its reason and does not undo the image here; `kiln image distribute` completes it.
+        let mut regions = Vec::new();
+        if !crate::distribute::targets_of(&manifest).is_empty() {
+            self.transition(kiln_store::ImageState::Distributing, "distributing")?;
+            let image = self
+                .kiln
+                .block_on(self.kiln.store.get_image_by_arn(self.arn))
+                .map_err(|e| BuildError::Store(e.to_string()))?;
+            regions = self.stage("distribute", || self.kiln.distribute(&image, true))?;
+            for r in &regions {
+                self.log_line("region", json!(r));
+            }
+        }
         self.transition(kiln_store::ImageState::Available, "built")?;
         self.log_line("finished", json!({ "state": "AVAILABLE" }));
         self.progress.build_event(&BuildEvent::Finished { arn: self.arn, state: "AVAILABLE" });
@@ -852,6 +868,7 @@ impl BuildCtx<'_> {
             layers_reused: reused,
             layers_built: built,
             duration_ms: started.elapsed().as_millis() as u64,
+            regions,
         })
     }
 
@@ -1111,6 +1128,7 @@ impl BuildCtx<'_> {
             target: self.arn.to_string(),
             second_instance: true,
             keep_on_failure: keep,
+            fail_fast: true,
         };
         let components = self.components;
         let mut extra = |host: &dyn kiln_host::Host| {

@@ -218,6 +218,7 @@ impl crate::Kiln {
             target: image.as_ref().map(|i| i.arn.clone()).unwrap_or_else(|| disk.display().to_string()),
             second_instance: !req.single_instance,
             keep_on_failure: req.keep,
+            fail_fast: false,
         };
         let logs = report_dir.join("logs");
         let working_dir = manifest["recipe"]["workingDirectory"].as_str().unwrap_or("/tmp").to_string();

@@ -163,6 +163,10 @@ pub enum Command {
     ///   kiln launch minimal/1.0.0 --detach --ssh-port 2222 --user-data user-data.yml
     #[command(verbatim_doc_comment)]
     Launch(LaunchArgs),
+
+    /// kiln's keyring: encryption keys for distribution targets and the signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -389,6 +393,46 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Copy an image to the regions of its distribution configuration that name a store
+    /// (`storeUrl`), completing a distribution that failed: chunks already there are not
+    /// uploaded again. Exit 1 if a region still fails.
+    Distribute {
+        image: String,
+        /// Also regions where the image is already complete.
+        #[arg(long)]
+        again: bool,
+    },
+    /// Check an image in its regions: the release's ed25519 signature (by this kiln's key) and
+    /// the digest of every chunk, artifact, index and manifest. Exit 1 on anything altered or
+    /// missing, naming it.
+    Verify {
+        image: String,
+        /// One region (default: every region with a store).
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Download an image from a region into DIR, checking everything `verify` checks; files
+    /// appear only once complete and checked.
+    Pull {
+        image: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+}
+
+/// kiln's keyring (KILN_HOME/keys): key-encryption keys named by distribution targets'
+/// `kmsKeyId`, and the manifest signing key.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key (version 1).
+    Create { name: String },
+    /// Add a new version of a key: new data keys are wrapped with it; data wrapped with older
+    /// versions stays readable.
+    Rotate { name: String },
+    /// List keys and their versions, and the signing key's public half.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Compliance(args) => commands::compliance::run(&home, args),
         Command::Test(args) => commands::test::run(&home, args),
         Command::Launch(args) => commands::launch::run(&home, args),
+        Command::Key(cmd) => commands::key::run(&home, cmd),
     };
     match result {
         Ok(code) => code,

@@ -1109,3 +1109,110 @@ fn kiln_launch_boots_a_catalogued_image_detached_with_ssh_forwarded_and_records_
     assert_eq!(usage[0]["kind"], "launch");
     assert_eq!(usage[0]["details"]["sshPort"], port);
 }
+
+#[test]
+fn multi_region_distribution_recovers_verifies_encrypts_and_refuses_tampering() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (eu, us) = (dir.path().join("eu"), dir.path().join("us"));
+    // The example, with its stores moved into this test's folder.
+    let example =
+        std::fs::read_to_string(workspace().join("examples/multi-region/multi-region.yml")).unwrap();
+    let file = dir.path().join("multi-region.yml");
+    let component = workspace().join("examples/components/motd-and-admins.yml");
+    std::fs::write(
+        &file,
+        example
+            .replace("uri: ../components/motd-and-admins.yml", &format!("uri: {}", component.display()))
+            .replace("file:///var/tmp/kiln-stores/eu-store", &format!("file://{}", eu.display()))
+            .replace("file:///var/tmp/kiln-stores/us-secure", &format!("file://{}", us.display())),
+    )
+    .unwrap();
+    // The us store is blocked by a file where its folder should be: that region fails, the
+    // other completes, and the build says so.
+    std::fs::write(&us, b"in the way").unwrap();
+    let (out, o) = home.build(&file, &["--no-test"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("distribution failed in us-secure"), "{}", text(&out.stderr));
+    let regions = o["outcome"]["regions"].as_array().unwrap();
+    assert_eq!(regions[0]["region"], "eu-store");
+    assert_eq!(regions[0]["state"], "AVAILABLE");
+    assert_eq!(regions[1]["state"], "FAILED");
+    assert!(regions[1]["reason"].as_str().unwrap().contains("us"), "{o}");
+    let eu_uploaded = regions[0]["uploadedBytes"].as_u64().unwrap();
+    assert!(eu_uploaded > 0);
+
+    // Unblocked, `kiln image distribute` completes the failed region only.
+    std::fs::remove_file(&us).unwrap();
+    let out = home.kiln(&["image", "distribute", "multi-region/1.0.0"], &[]);
+    ok(&out);
+    let said = text(&out.stdout);
+    assert!(said.contains("us-secure AVAILABLE") && !said.contains("eu-store"), "{said}");
+    let shown: serde_json::Value =
+        serde_json::from_slice(&home.kiln(&["image", "show", "multi-region/1.0.0", "--json"], &[]).stdout)
+            .unwrap();
+    let states: Vec<(&str, &str)> = shown["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["region"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("eu-store", "AVAILABLE"), ("us-secure", "AVAILABLE")]);
+
+    // Plain chunks carry the image's bytes; encrypted ones do not.
+    let banner = b"Authorised use only. Built by kiln.";
+    let holds = |store: &Path| {
+        walk(&store.join("chunks"))
+            .iter()
+            .any(|f| std::fs::read(f).unwrap().windows(banner.len()).any(|w| w == banner))
+    };
+    assert!(holds(&eu), "the banner is in some plaintext chunk");
+    assert!(!holds(&us), "an encrypted store holds no plaintext");
+
+    ok(&home.kiln(&["image", "verify", "multi-region/1.0.0"], &[]));
+    let pulled = dir.path().join("pulled");
+    ok(&home.kiln(
+        &["image", "pull", "multi-region/1.0.0", "--region", "us-secure", "--out", pulled.to_str().unwrap()],
+        &[],
+    ));
+    let image_dir = PathBuf::from(shown["image"]["outputLocation"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(pulled.join("multi-region.qcow2")).unwrap(),
+        std::fs::read(image_dir.join("multi-region.qcow2")).unwrap()
+    );
+
+    // One flipped byte in the eu store: verify and pull refuse, naming the chunk.
+    let chunk = walk(&eu.join("chunks")).into_iter().next().unwrap();
+    let mut data = std::fs::read(&chunk).unwrap();
+    data[10] ^= 0x55;
+    std::fs::write(&chunk, &data).unwrap();
+    let out = home.kiln(&["image", "verify", "multi-region/1.0.0", "--region", "eu-store"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("was altered"), "{}", text(&out.stdout));
+    let out = home.kiln(
+        &[
+            "image",
+            "pull",
+            "multi-region/1.0.0",
+            "--region",
+            "eu-store",
+            "--out",
+            dir.path().join("p2").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dir.path().join("p2/multi-region.qcow2").exists());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

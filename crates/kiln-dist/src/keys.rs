@@ -90,6 +90,18 @@ impl Keyring {
         Ok(v)
     }
 
+    /// The names of the keys in the keyring, sorted.
+    pub fn names(&self) -> Result<Vec<String>, DistError> {
+        let mut names: Vec<String> = fs::read_dir(self.dir.join("kek"))
+            .map_err(|e| DistError::Io(format!("reading the keyring: {e}")))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| valid_name(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Creates key `name` (version 1); an existing name is an error.
     pub fn create(&self, name: &str) -> Result<u32, DistError> {
         if !self.versions(name)?.is_empty() {
@@ -198,6 +210,11 @@ pub struct Signature {
     pub public_key: String,
     /// Base64 of the 64-byte signature over the manifest's exact bytes.
     pub signature: String,
+}
+
+/// A public key as text (base64), as signatures carry it.
+pub fn public_key_text(key: &VerifyingKey) -> String {
+    b64(key.as_bytes())
 }
 
 pub fn sign(key: &SigningKey, manifest: &[u8]) -> Signature {

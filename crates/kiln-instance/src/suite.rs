@@ -36,6 +36,9 @@ pub struct SuiteOptions {
     pub second_instance: bool,
     /// Leave the first instance running when a test fails.
     pub keep_on_failure: bool,
+    /// Stop at the first failed test, skipping the rest (a build's image is FAILED by then
+    /// anyway; `kiln test` runs everything).
+    pub fail_fast: bool,
 }
 
 /// The report, and the instance left running when asked to keep a failed one.
@@ -211,6 +214,11 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
     }));
 
     tests.extend(extra(host));
+    if opts.fail_fast && tests.iter().any(|t| t.status == crate::TestStatus::Failed) {
+        skip_rest(&mut tests, "not run: an earlier test failed (builds stop at the first failure)");
+        let console = a.console();
+        return finish(report, tests, keep(a, opts), console);
+    }
 
     // Identity now, then a reboot must keep it and come back to multi-user.
     let first = identity(host);

@@ -180,7 +180,7 @@ fn next_message<T: serde::de::DeserializeOwned>(
             Ok(serde_json::from_slice(&line).ok())
         }
         Ok(false) => Err(GuestError::Gone(
-            opts.watchdog.as_ref()().unwrap_or_else(|| "QEMU closed the agent channel".to_string()),
+            why_gone(opts).unwrap_or_else(|| "QEMU closed the agent channel".to_string()),
         )),
         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
             match opts.watchdog.as_ref()() {
@@ -188,7 +188,26 @@ fn next_message<T: serde::de::DeserializeOwned>(
                 None => Ok(None),
             }
         }
-        Err(e) => Err(GuestError::Io(e)),
+        // A reset channel usually means QEMU died: say why when the watchdog can tell.
+        Err(e) => match why_gone(opts) {
+            Some(why) => Err(GuestError::Gone(why)),
+            None => Err(GuestError::Io(e)),
+        },
+    }
+}
+
+/// The watchdog's reason, given a moment to see it: the channel can close a little before
+/// QEMU's exit is visible.
+fn why_gone(opts: &GuestOptions) -> Option<String> {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(why) = opts.watchdog.as_ref()() {
+            return Some(why);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -205,7 +224,9 @@ fn wait_for_agent(
         if last_ping.elapsed() >= TICK {
             let id = conn.next_id;
             conn.next_id += 1;
-            proto::send_line(&mut conn.writer, &Envelope { id, msg: Request::Ping })?;
+            if let Err(e) = proto::send_line(&mut conn.writer, &Envelope { id, msg: Request::Ping }) {
+                return Err(why_gone(opts).map(GuestError::Gone).unwrap_or(GuestError::Io(e)));
+            }
             last_ping = Instant::now();
         }
         if let Some(m) = next_message::<Response>(conn, opts)?

@@ -23,6 +23,7 @@ mod images;
 mod jobs;
 mod layers;
 mod recipes;
+mod regions;
 mod scans;
 mod usage;
 
@@ -44,6 +45,7 @@ pub use jobs::{DEFAULT_MAX_ATTEMPTS, Job, JobState, NewJob};
 pub use kiln_model::version::{MAX_VERSION_PART, SemVer as Version, VersionError, VersionFilter};
 pub use layers::Layer;
 pub use recipes::{NewRecipe, Recipe};
+pub use regions::ImageRegion;
 pub use scans::{FindingFilter, NewScan, NewScanFinding, RebuildMark, Scan, ScanFinding, ScanTrigger};
 pub use usage::UsageEvent;
 

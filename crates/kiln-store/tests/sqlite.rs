@@ -23,6 +23,7 @@ async fn sqlite_store() -> (Store, TempDir) {
 conformance_tests! {
     sqlite_store;
     usage_is_recorded_per_image_in_order,
+    image_regions_record_the_last_outcome_per_region,
     image_output_location_is_recorded_before_the_manifest,
     migrations_applied_on_open,
     component_create_get_list_delete,

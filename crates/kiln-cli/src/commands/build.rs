@@ -41,6 +41,29 @@ pub fn run(home: &std::path::Path, args: BuildArgs) -> Result<ExitCode> {
                 println!("  output:  {}", outcome.out_dir.display());
                 println!("  layers:  {} reused, {} built", outcome.layers_reused, outcome.layers_built);
                 println!("  took:    {:.1}s", outcome.duration_ms as f64 / 1000.0);
+                for r in &outcome.regions {
+                    match &r.reason {
+                        None => println!(
+                            "  region:  {} {} ({} of {} bytes uploaded)",
+                            r.region, r.state, r.uploaded_bytes, r.total_bytes
+                        ),
+                        Some(why) => println!("  region:  {} {}: {why}", r.region, r.state),
+                    }
+                }
+            }
+            let failed: Vec<&str> = outcome
+                .regions
+                .iter()
+                .filter(|r| r.state != "AVAILABLE")
+                .map(|r| r.region.as_str())
+                .collect();
+            if !failed.is_empty() {
+                eprintln!(
+                    "error: distribution failed in {}; complete it with `kiln image distribute {}`",
+                    failed.join(", "),
+                    outcome.arn
+                );
+                return Ok(ExitCode::from(crate::EXIT_FAILED));
             }
             Ok(ExitCode::SUCCESS)
         }

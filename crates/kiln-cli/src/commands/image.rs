@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use kiln_build::Kiln;
 
 use crate::cli::ImageCommand;
@@ -33,26 +33,12 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
             }
         }
         ImageCommand::Show { image, json } => {
-            let found = if image.starts_with("arn:") {
-                kiln.block_on(store.get_image_by_arn(&image))
-            } else {
-                let parts: Vec<&str> = image.split('/').collect();
-                let (name, version, build) = match parts.as_slice() {
-                    [n, v] => (*n, *v, None),
-                    [n, v, b] => (
-                        *n,
-                        *v,
-                        Some(b.parse::<u32>().with_context(|| format!("`{b}` is not a build number"))?),
-                    ),
-                    _ => bail!("`{image}` is not NAME/VERSION[/BUILD] or an image ARN"),
-                };
-                let version: kiln_store::Version = version.parse()?;
-                kiln.block_on(store.get_image(name, &version, build))
-            }?;
+            let found = kiln.find_image(&image)?;
             let history = kiln.block_on(store.image_history(&found.arn))?;
             let usage = kiln.block_on(store.list_usage(Some(&found.arn)))?;
             let scan = kiln.block_on(store.latest_scan(&found.arn))?;
             let rebuild = kiln.block_on(store.needs_rebuild(&found.arn))?;
+            let regions = kiln.block_on(store.image_regions(&found.arn))?;
             if json {
                 // The latest scan without its findings (`kiln scan` lists those).
                 let scan = scan.map(|s| {
@@ -66,6 +52,7 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "image": found, "history": history, "scan": scan, "needsRebuild": rebuild, "usage": usage,
+                        "regions": regions,
                     }))?
                 );
             } else {
@@ -120,6 +107,92 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                 }
             }
         }
+        ImageCommand::Distribute { image, again } => {
+            let found = kiln.find_image(&image)?;
+            let outcomes = kiln.distribute(&found, again)?;
+            if outcomes.is_empty() {
+                println!("{}: nothing to do (every region with a store is complete)", found.arn);
+            }
+            let mut failed = false;
+            for r in &outcomes {
+                match &r.reason {
+                    None => println!(
+                        "{} {} ({} of {} bytes uploaded)",
+                        r.region, r.state, r.uploaded_bytes, r.total_bytes
+                    ),
+                    Some(why) => {
+                        failed = true;
+                        println!("{} {}: {why}", r.region, r.state);
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::from(crate::EXIT_FAILED));
+            }
+        }
+        ImageCommand::Verify { image, region } => {
+            let found = kiln.find_image(&image)?;
+            let regions: Vec<String> = match region {
+                Some(r) => vec![r],
+                None => kiln_build::distribute::targets_of(&found.manifest.clone().unwrap_or_default())
+                    .into_iter()
+                    .map(|t| t.region)
+                    .collect(),
+            };
+            if regions.is_empty() {
+                bail!("image {} has no region with a store to verify", found.arn);
+            }
+            let keyring = kiln.keyring()?;
+            let trusted = keyring.signing_key()?.verifying_key();
+            let mut refused = false;
+            for r in &regions {
+                let target = kiln.region_target(&found, r)?;
+                match kiln.block_on(kiln_dist::verify(
+                    &target,
+                    &keyring,
+                    &image_ref(&found),
+                    Some(&trusted),
+                    None,
+                )) {
+                    Ok(v) => println!(
+                        "{r}: verified {} artifact(s), {} chunk(s), {} bytes",
+                        v.artifacts, v.chunks, v.bytes
+                    ),
+                    Err(e) => {
+                        refused = true;
+                        println!("{r}: {e}");
+                    }
+                }
+            }
+            if refused {
+                return Ok(ExitCode::from(crate::EXIT_FAILED));
+            }
+        }
+        ImageCommand::Pull { image, region, out } => {
+            let found = kiln.find_image(&image)?;
+            let keyring = kiln.keyring()?;
+            let trusted = keyring.signing_key()?.verifying_key();
+            let target = kiln.region_target(&found, &region)?;
+            match kiln.block_on(kiln_dist::verify(
+                &target,
+                &keyring,
+                &image_ref(&found),
+                Some(&trusted),
+                Some(&out),
+            )) {
+                Ok(v) => {
+                    println!("pulled {} artifact(s), {} bytes, into {}", v.artifacts, v.bytes, out.display())
+                }
+                Err(e) => {
+                    eprintln!("error: refused to pull {} from {region}: {e}", found.arn);
+                    return Ok(ExitCode::from(crate::EXIT_FAILED));
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn image_ref(image: &kiln_store::Image) -> kiln_dist::ImageRef {
+    kiln_dist::ImageRef { name: image.name.clone(), version: image.version.to_string(), build: image.build }
 }

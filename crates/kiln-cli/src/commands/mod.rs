@@ -5,6 +5,7 @@ pub mod cache;
 pub mod compliance;
 pub mod component;
 pub mod image;
+pub mod key;
 pub mod launch;
 pub mod scan;
 pub mod target;

@@ -1004,3 +1004,30 @@ pub async fn scan_rebuild_marks_set_replace_clear_and_list(store: &Store) {
     let err = store.mark_needs_rebuild(missing, "x").await.unwrap_err();
     assert!(matches!(err, StoreError::ImageNotFound { .. }), "{err:?}");
 }
+
+pub async fn image_regions_record_the_last_outcome_per_region(store: &Store) {
+    let img = store.create_image(&image("dist", "1.0.0")).await.unwrap();
+    assert!(store.image_regions(&img.arn).await.unwrap().is_empty());
+    store
+        .set_image_region(&img.arn, "eu", "file:///s/eu", "FAILED", Some("store gone"), 0, 100)
+        .await
+        .unwrap();
+    store.set_image_region(&img.arn, "us", "file:///s/us", "AVAILABLE", None, 100, 100).await.unwrap();
+    store.set_image_region(&img.arn, "eu", "file:///s/eu", "AVAILABLE", None, 40, 100).await.unwrap();
+    let regions = store.image_regions(&img.arn).await.unwrap();
+    assert_eq!(
+        regions.iter().map(|r| (r.region.as_str(), r.state.as_str())).collect::<Vec<_>>(),
+        [("eu", "AVAILABLE"), ("us", "AVAILABLE")]
+    );
+    assert_eq!(
+        (regions[0].uploaded_bytes, regions[0].reason.clone()),
+        (40, None),
+        "the rerun replaced the failure"
+    );
+    assert!(store.set_image_region(&img.arn, "eu", "x", "HALF", None, 0, 0).await.is_err());
+    let missing = "arn:aws:imagebuilder:local:000000000000:image/none/1.0.0/1";
+    assert!(matches!(
+        store.set_image_region(missing, "eu", "x", "AVAILABLE", None, 0, 0).await,
+        Err(StoreError::ImageNotFound { .. })
+    ));
+}
