@@ -1,8 +1,9 @@
 //! The build pipeline: from a resource file to a catalogued, bootable image.
 //!
 //! This crate owns the order of a build and nothing below it: resolve the recipe's components
-//! (by name and version, from the resource file or the catalogue), make the parent's base
-//! layer, run each component's build phase in the sandbox on an overlay over the layers below
+//! (by name and version, from the resource file, kiln's built-ins ([`builtin`]) or the
+//! catalogue), make the parent's base layer, run each component's build phase in the sandbox
+//! on an overlay over the layers below
 //! (each result a cached, content-addressed layer), run the validate phases, add the
 //! golden-image cleanup layer, stage the merged tree, take its inventory and SBOMs, scan it
 //! against the stored vulnerability feeds under the recipe's policy ([`scan`]), evaluate its
@@ -13,6 +14,7 @@
 //! that belongs to kiln-parent, kiln-sandbox, kiln-component, kiln-image, kiln-scan and
 //! kiln-store.
 
+pub mod builtin;
 pub mod cleanup;
 pub mod compliance;
 pub mod distribute;

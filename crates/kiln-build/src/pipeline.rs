@@ -260,6 +260,7 @@ impl Kiln {
         file: &ResourceFile,
         base_dir: &Path,
     ) -> Result<Vec<ResolvedComponent>, BuildError> {
+        crate::builtin::prepare(self, file)?;
         let mut diags = Vec::new();
         // Components the file defines go into the catalogue first (versions are immutable).
         for c in &file.components {

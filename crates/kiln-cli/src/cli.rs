@@ -459,6 +459,26 @@ pub enum ComponentCommand {
     /// unless `--network host`, and the capabilities a build never needs dropped. File actions
     /// never follow a symlink out of ROOT. Needs root.
     Run(RunArgs),
+
+    /// List the components shipped with kiln, or print one's document.
+    ///
+    /// Built-in components are named `kiln-...` (a prefix resource files may not use) and
+    /// registered in the catalogue by every build, so a recipe names them like any catalogued
+    /// component: `componentArn: kiln-hardening-cis/1.x.x`. The list shows each one's version,
+    /// description and parameters with their defaults; `kiln component builtin NAME > FILE`
+    /// gives a document to read or to run with `kiln component run`.
+    Builtin(BuiltinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuiltinArgs {
+    /// Print this component's document instead of the list.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! `kiln component validate|run`.
+//! `kiln component validate|run|builtin`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,14 +9,74 @@ use kiln_component::document::{Document, PhaseName, parse_document};
 use kiln_component::engine::{Engine, RunOptions};
 use kiln_sandbox::{Network, RootSpec, Sandbox, SandboxConfig};
 
-use crate::cli::{ComponentCommand, NetworkArg, RunArgs, ValidateArgs};
+use crate::cli::{BuiltinArgs, ComponentCommand, NetworkArg, RunArgs, ValidateArgs};
 use crate::progress;
 
 pub fn run(cmd: ComponentCommand) -> Result<ExitCode> {
     match cmd {
         ComponentCommand::Validate(args) => validate(args),
         ComponentCommand::Run(args) => run_documents(args),
+        ComponentCommand::Builtin(args) => builtin(args),
     }
+}
+
+fn builtin(args: BuiltinArgs) -> Result<ExitCode> {
+    use kiln_build::builtin::{BUILTINS, find};
+    if let Some(name) = &args.name {
+        let Some(b) = find(name) else {
+            let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+            bail!("no built-in component `{name}`; there are: {}", names.join(", "));
+        };
+        print!("{}", b.document);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut list = Vec::new();
+    for b in BUILTINS {
+        let doc = parse_document(b.name, b.document).map_err(|d| {
+            let problems: Vec<String> = d.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("built-in {} is invalid: {}", b.name, problems.join("; "))
+        })?;
+        list.push((b, doc));
+    }
+    if args.json {
+        let json: Vec<_> = list
+            .iter()
+            .map(|(b, doc)| {
+                serde_json::json!({
+                    "name": b.name,
+                    "version": b.version,
+                    "description": doc.description,
+                    "phases": doc.phases.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                    "parameters": doc.parameters.iter().map(|p| serde_json::json!({
+                        "name": p.name,
+                        "default": p.default,
+                        "allowedValues": p.allowed_values,
+                        "description": p.description,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (b, doc) in &list {
+        println!("{} {}", b.name, b.version);
+        if let Some(d) = &doc.description {
+            println!("  {d}");
+        }
+        for p in &doc.parameters {
+            let mut line = format!("    {} = {:?}", p.name, p.default.as_deref().unwrap_or(""));
+            if let Some(allowed) = &p.allowed_values {
+                line.push_str(&format!(" (one of {})", allowed.join(", ")));
+            }
+            if let Some(d) = &p.description {
+                line.push_str(&format!(": {d}"));
+            }
+            println!("{line}");
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Read and validate one document; a file that cannot be read is a diagnostic too, so that
