@@ -258,7 +258,27 @@ pub fn agent_disk(cache_dir: &Path) -> Result<PathBuf, InstanceError> {
         .arg(format!("{size_mib}M"));
     run(mkfs, "making the agent disk with mkfs.ext4")?;
     fs::rename(&tmp, &disk).map_err(|e| err("cannot store the agent disk", e))?;
+    remove_old_agent_disks(cache_dir, &disk);
     Ok(disk)
+}
+
+/// Agent disks of earlier kiln executables (each a few hundred MiB) are removed once they have
+/// not been made for a while; a running instance keeps its disk open, so unlinking it is safe.
+fn remove_old_agent_disks(cache_dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(600));
+        if path != keep && name.starts_with("agent-") && name.ends_with(".ext4") && old {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// `(file name, path)` of every shared library `exe` loads, the dynamic loader included.
