@@ -8,12 +8,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use kiln_image::qemu::{Vm, VmConfig, find_firmware};
 
 use crate::InstanceError;
-use crate::prepare::PATH;
+use crate::prepare::{create_overlay, run, tool};
 
 /// How to launch an image.
 #[derive(Debug, Clone)]
@@ -47,22 +46,6 @@ pub enum Launched {
     },
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<(), InstanceError> {
-    let out = cmd
-        .env_clear()
-        .env("PATH", PATH)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| InstanceError::Prepare(format!("{what}: {e}")))?;
-    if !out.status.success() {
-        return Err(InstanceError::Prepare(format!(
-            "{what}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 /// The NoCloud seed disk: a FAT file system labelled CIDATA holding user-data and meta-data
 /// (an instance id is made up when no meta-data is given, as cloud-init requires one).
 pub fn nocloud_seed(
@@ -88,10 +71,10 @@ pub fn nocloud_seed(
     copy(meta_data, "meta-data", format!("instance-id: {id}\nlocal-hostname: kiln\n"))?;
     let seed = dir.join("seed.img");
     let _ = fs::remove_file(&seed);
-    let mut mkfs = Command::new("mkfs.vfat");
+    let mut mkfs = tool("mkfs.vfat");
     mkfs.args(["-n", "CIDATA", "-C"]).arg(&seed).arg("2048");
     run(mkfs, "making the NoCloud seed with mkfs.vfat (Debian package dosfstools)")?;
-    let mut mcopy = Command::new("mcopy");
+    let mut mcopy = tool("mcopy");
     mcopy.arg("-i").arg(&seed).arg(files.join("user-data")).arg(files.join("meta-data")).arg("::");
     run(mcopy, "copying the seed files with mcopy (Debian package mtools)")?;
     Ok(seed)
@@ -103,14 +86,8 @@ pub fn launch(opts: &LaunchOptions) -> Result<Launched, InstanceError> {
     let firmware = find_firmware().map_err(|e| InstanceError::Prepare(e.to_string()))?;
     fs::create_dir_all(&opts.work_dir)
         .map_err(|e| InstanceError::Prepare(format!("cannot create {}: {e}", opts.work_dir.display())))?;
-    let image = opts.image.canonicalize().map_err(|e| {
-        InstanceError::Prepare(format!("cannot open the image {}: {e}", opts.image.display()))
-    })?;
-    let format = kiln_parent::disk_format(&image).map_err(|e| InstanceError::Prepare(e.to_string()))?;
     let overlay = opts.work_dir.join("overlay.qcow2");
-    let mut create = Command::new("qemu-img");
-    create.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"]).arg(&image).arg(&overlay);
-    run(create, "creating the copy-on-write overlay with qemu-img")?;
+    create_overlay(&opts.image, &overlay)?;
 
     let mut cfg = VmConfig::new(&overlay, "qcow2", firmware, opts.work_dir.as_path());
     cfg.snapshot = false;
@@ -149,6 +126,8 @@ pub fn launch(opts: &LaunchOptions) -> Result<Launched, InstanceError> {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
 
     #[test]

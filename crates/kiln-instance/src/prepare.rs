@@ -34,15 +34,17 @@ pub const AGENT_LABEL: &str = "KILN-AGENT";
 /// The unit added to the overlay (and only to it).
 pub const AGENT_UNIT: &str = "kiln-guest-agent.service";
 
-pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn tool(name: &str) -> Command {
+/// A command with a fixed environment (no inherited variables, a known PATH, the C locale).
+pub(crate) fn tool(name: &str) -> Command {
     let mut c = Command::new(name);
     c.env_clear().env("PATH", PATH).env("LC_ALL", "C");
     c
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<String, InstanceError> {
+/// Runs `cmd`; its stdout, or an error saying what was being done and what it printed.
+pub(crate) fn run(mut cmd: Command, what: &str) -> Result<String, InstanceError> {
     let out =
         cmd.stdin(Stdio::null()).output().map_err(|e| InstanceError::Prepare(format!("{what}: {e}")))?;
     if !out.status.success() {
@@ -71,17 +73,22 @@ fn unit_text() -> String {
     )
 }
 
-/// Creates the overlay of `image` at `overlay` and adds the agent's unit to its root file
-/// system (through the namespaced helper).
-pub fn make_overlay(image: &Path, overlay: &Path) -> Result<(), InstanceError> {
+/// Creates a qcow2 overlay at `overlay` whose backing file is `image` (raw or qcow2, detected
+/// from its content), so that a guest's writes never reach the image.
+pub(crate) fn create_overlay(image: &Path, overlay: &Path) -> Result<(), InstanceError> {
     let image = image
         .canonicalize()
         .map_err(|e| InstanceError::Prepare(format!("cannot open the image {}: {e}", image.display())))?;
     let format = kiln_parent::disk_format(&image).map_err(|e| InstanceError::Prepare(e.to_string()))?;
     let mut create = tool("qemu-img");
     create.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"]).arg(&image).arg(overlay);
-    run(create, "creating the copy-on-write overlay with qemu-img")?;
+    run(create, "creating the copy-on-write overlay with qemu-img").map(drop)
+}
 
+/// Creates the overlay of `image` at `overlay` and adds the agent's unit to its root file
+/// system (through the namespaced helper).
+pub fn make_overlay(image: &Path, overlay: &Path) -> Result<(), InstanceError> {
+    create_overlay(image, overlay)?;
     let unit = overlay.with_extension("unit");
     fs::write(&unit, unit_text())
         .map_err(|e| InstanceError::Prepare(format!("cannot write {}: {e}", unit.display())))?;
