@@ -94,6 +94,11 @@ impl Observer for BuildLines {
 impl kiln_build::BuildProgress for BuildLines {
     fn build_event(&self, event: &kiln_build::BuildEvent<'_>) {
         use kiln_build::BuildEvent as E;
+        if let E::Stage { name } = event
+            && let Ok(mut s) = self.stage.lock()
+        {
+            *s = name.to_string();
+        }
         if self.json {
             let v = match event {
                 E::Started { arn } => serde_json::json!({ "event": "started", "arn": arn }),
@@ -115,9 +120,6 @@ impl kiln_build::BuildProgress for BuildLines {
         match event {
             E::Started { arn } => self.line(format!("==> building {arn}")),
             E::Stage { name } => {
-                if let Ok(mut s) = self.stage.lock() {
-                    *s = name.to_string();
-                }
                 if let Some(bar) = &self.bar {
                     bar.set_message(name.to_string());
                 }

@@ -36,7 +36,7 @@ impl Home {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().expect("run kiln")
+        common::output_echoed(&mut cmd)
     }
 
     /// `kiln build --json`: the outcome object (or the error) from the last line.

@@ -25,6 +25,34 @@ pub fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
 }
 
+/// Runs `cmd` to completion like `Command::output`, and also copies its output to the test's
+/// standard error as it comes, each line with the seconds since the start: a test that hangs
+/// or times out then shows how far the command got (the harness prints captured output).
+pub fn output_echoed(cmd: &mut Command) -> Output {
+    use std::process::Stdio;
+    let start = std::time::Instant::now();
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run command");
+    let echo = |stream: Box<dyn std::io::Read + Send>, tag: &'static str| {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = Vec::new();
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let secs = start.elapsed().as_secs_f64();
+                eprint!("[{secs:7.1}s {tag}] {}", String::from_utf8_lossy(&line));
+                all.append(&mut line);
+            }
+            all
+        })
+    };
+    let out = echo(Box::new(child.stdout.take().expect("piped stdout")), "out");
+    let err = echo(Box::new(child.stderr.take().expect("piped stderr")), "err");
+    let status = child.wait().expect("wait for command");
+    Output { status, stdout: out.join().expect("stdout reader"), stderr: err.join().expect("stderr reader") }
+}
+
 /// The cached Debian bookworm tarball (minbase + sudo) that heavy tests unpack. `scripts/test.sh`
 /// passes it in `KILN_TEST_DEBIAN_TAR`; run alone, a test makes it (once; mmdebstrap, ~1 min).
 pub fn debian_tar() -> PathBuf {
