@@ -24,17 +24,20 @@ pub(crate) mod types {
     pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
     pub const ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
     pub const VAR: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
-    pub const TMP: &str = "7ec6f557-3bc5-4aca-b293-16ef5df639d1";
+    /// The spec's "temporary data" partition is /var/tmp; there is none for /tmp.
+    pub const VAR_TMP: &str = "7ec6f557-3bc5-4aca-b293-16ef5df639d1";
     pub const HOME: &str = "933ac7e1-2eb4-4f13-b844-0e14e2aef915";
     pub const LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 
     /// The type for a mount point: specific where the spec has one, generic Linux data else.
+    /// A wrong specific type is worse than none: systemd-gpt-auto-generator would mount (and
+    /// fsck) a /tmp partition typed as /var/tmp at /var/tmp too, racing fstab's /tmp mount.
     pub fn for_mount_point(mp: &str) -> &'static str {
         match mp {
             "/" => ROOT_X86_64,
             "/boot/efi" => ESP,
             "/var" => VAR,
-            "/var/tmp" | "/tmp" => TMP,
+            "/var/tmp" => VAR_TMP,
             "/home" => HOME,
             _ => LINUX_DATA,
         }
@@ -202,6 +205,15 @@ mod tests {
         // The standard check values for "123456789".
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(!crc32c_raw(!0, b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn only_mount_points_the_spec_names_get_its_types() {
+        assert_eq!(types::for_mount_point("/var/tmp"), types::VAR_TMP);
+        // No spec type for /tmp: the /var/tmp type would make systemd mount it there too.
+        assert_eq!(types::for_mount_point("/tmp"), types::LINUX_DATA);
+        assert_eq!(types::for_mount_point("/home"), types::HOME);
+        assert_eq!(types::for_mount_point("/srv/data"), types::LINUX_DATA);
     }
 
     #[test]
