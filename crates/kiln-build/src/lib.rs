@@ -18,6 +18,7 @@ pub mod builtin;
 pub mod cleanup;
 pub mod compliance;
 pub mod distribute;
+pub mod guest_compliance;
 pub mod layers;
 mod pipeline;
 pub mod run;

@@ -61,6 +61,15 @@ pub fn summary(tests: &[TestCase]) -> String {
     )
 }
 
+/// The infrastructure configuration an image was built with (its CPUs, memory and test
+/// timeout for test instances); the defaults for a disk that is not catalogued.
+pub fn image_infra(image: Option<&kiln_store::Image>) -> kiln_model::InfrastructureConfiguration {
+    let manifest = image.and_then(|i| i.manifest.as_ref());
+    manifest
+        .and_then(|m| serde_json::from_value(m["infrastructureConfiguration"].clone()).ok())
+        .unwrap_or_default()
+}
+
 /// The suite's settings from an infrastructure configuration.
 pub fn instance_config(
     image: &Path,
@@ -78,6 +87,7 @@ pub fn instance_config(
         outlive_kiln: false,
         nic: None,
         env: Vec::new(),
+        extra_disks: Vec::new(),
     }
 }
 
@@ -181,8 +191,7 @@ impl crate::Kiln {
             (self.image_disk(&image, &["qcow2", "raw"])?, Some(image))
         };
         let manifest = image.as_ref().and_then(|i| i.manifest.clone()).unwrap_or_default();
-        let mut infra: kiln_model::InfrastructureConfiguration =
-            serde_json::from_value(manifest["infrastructureConfiguration"].clone()).unwrap_or_default();
+        let mut infra = image_infra(image.as_ref());
         if let Some(c) = req.cpus {
             infra.cpus = c;
         }

@@ -326,6 +326,14 @@ pub struct ComplianceArgs {
     #[arg(long, value_name = "SEVERITY")]
     pub fail_on: Option<String>,
 
+    /// Run SCAP Security Guide profiles with OpenSCAP inside a booted test instance of the
+    /// image (its copy-on-write overlay; the image is not changed) instead of on its files: the
+    /// probes for sysctl values in force, installed packages and services need a running
+    /// system. TARGET must be a disk file or a catalogued image. kiln's own profiles still
+    /// read the files.
+    #[arg(long)]
+    pub in_guest: bool,
+
     /// List kiln's profiles and the installed SCAP Security Guide profiles, and exit.
     #[arg(long, conflicts_with_all = ["target", "profiles"])]
     pub list_profiles: bool,

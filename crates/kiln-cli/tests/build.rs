@@ -1216,3 +1216,68 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The rules of an OpenSCAP report with a given status.
+fn scap_rules(report: &serde_json::Value, status: &str) -> Vec<String> {
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] == "openscap" && r["status"] == status)
+        .map(|r| {
+            r["id"].as_str().unwrap().trim_start_matches("xccdf_org.ssgproject.content_rule_").to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn openscap_runs_inside_a_test_instance_where_offline_probes_cannot_answer() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A plain bullseye (the release the installed SCAP Security Guide content covers) with a
+    // separate /tmp, which only a running system shows as a mounted partition.
+    let layout = "  diskLayout:\n    partitions:\n      - mountPoint: /tmp\n        sizeMib: 256\n";
+    let file = one_component(dir.path(), "plain-bullseye", &touch_phase(""), layout);
+    let text_of = std::fs::read_to_string(&file).unwrap().replace("debian-12-x86", "debian-11-x86");
+    std::fs::write(&file, text_of).unwrap();
+    let out_dir = dir.path().join("out");
+    let (out, o) = home.build(&file, &["--no-test", "--out", out_dir.to_str().unwrap()]);
+    ok(&out);
+    assert_eq!(o["outcome"]["state"], "AVAILABLE", "{o}");
+    let disk = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "qcow2" || x == "raw"))
+        .expect("the image's disk");
+    let before = std::fs::read(&disk).unwrap();
+
+    let evaluate = |extra: &[&str]| {
+        let mut args =
+            vec!["compliance", "plain-bullseye/1.0.0", "--profile", "standard", "--format", "json"];
+        args.extend_from_slice(extra);
+        let out = home.kiln(&args, &[]);
+        ok(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let offline = evaluate(&[]);
+    let guest = evaluate(&["--in-guest"]);
+    assert!(
+        guest["profiles"][0]["datastream"].as_str().unwrap().ends_with("(in a booted test instance)"),
+        "{}",
+        guest["profiles"]
+    );
+    // Offline, OpenSCAP sees a tree with nothing mounted; in the running guest /tmp is its own
+    // partition. Every rule has a result there.
+    let tmp = "partition_for_tmp".to_string();
+    assert!(scap_rules(&offline, "fail").contains(&tmp), "{:?}", scap_rules(&offline, "fail"));
+    assert!(scap_rules(&guest, "pass").contains(&tmp), "{:?}", scap_rules(&guest, "fail"));
+    assert_eq!(scap_rules(&guest, "error"), Vec::<String>::new());
+    // The same rules were evaluated both ways, and a plain image fails some of them.
+    assert_eq!(offline["results"].as_array().unwrap().len(), guest["results"].as_array().unwrap().len());
+    assert!(!scap_rules(&guest, "fail").is_empty());
+    assert!(!scap_rules(&guest, "pass").is_empty());
+    // The guest wrote only to its overlay: the image is unchanged and no VM is left.
+    assert!(std::fs::read(&disk).unwrap() == before, "the image was changed");
+    assert_eq!(qemu_processes_of(&home), 0);
+}

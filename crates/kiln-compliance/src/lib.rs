@@ -30,7 +30,7 @@ pub mod scap;
 mod yamlish;
 
 pub use eval::evaluate_profile;
-pub use policy::{Exception, Gate, Plan, PlanProblem, ProfileChoice, evaluate};
+pub use policy::{Exception, Gate, Plan, PlanProblem, ProfileChoice, ScapRunner, evaluate, evaluate_with};
 pub use profile::{BUILTIN, Profile, Rule, Severity, profile_names};
 pub use report::{ComplianceReport, GateOutcome, RuleResult, Source, Status};
 

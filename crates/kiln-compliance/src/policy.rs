@@ -251,7 +251,22 @@ fn resolve(name: &str, opts: &PlanOptions) -> Result<ProfileChoice, (String, Opt
 }
 
 /// Evaluates `plan` against the unpacked image at `root`; `target` names it in the report.
+/// SCAP Security Guide profiles run offline on the tree ([`scap::run`]).
 pub fn evaluate(root: &Path, target: &str, plan: &Plan) -> Result<ComplianceReport, ComplianceError> {
+    evaluate_with(root, target, plan, &|fs, s| scap::run(root, fs, s))
+}
+
+/// How a SCAP Security Guide profile is run: offline on the tree, or in a booted guest.
+pub type ScapRunner<'a> = dyn Fn(&RootFs, &scap::ScapProfile) -> Result<scap::ScapRun, ComplianceError> + 'a;
+
+/// [`evaluate`], with SCAP Security Guide profiles run by `scap` (inside a test instance, for
+/// the probes that need a running system); kiln's own profiles still read the tree at `root`.
+pub fn evaluate_with(
+    root: &Path,
+    target: &str,
+    plan: &Plan,
+    scap: &ScapRunner<'_>,
+) -> Result<ComplianceReport, ComplianceError> {
     let fs =
         RootFs::open(root).map_err(|source| ComplianceError::Root { path: root.to_path_buf(), source })?;
     let mut results: Vec<RuleResult> = Vec::new();
@@ -271,7 +286,7 @@ pub fn evaluate(root: &Path, target: &str, plan: &Plan) -> Result<ComplianceRepo
                 (rs, info)
             }
             ProfileChoice::Scap(s) => {
-                let run = scap::run(root, &fs, s)?;
+                let run = scap(&fs, s)?;
                 notes.extend(run.notes);
                 (run.results, run.info)
             }

@@ -260,35 +260,40 @@ pub fn run(
         .output()
         .map_err(|e| ComplianceError::Scap(format!("cannot run unshare (util-linux): {e}")))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let results_path = out.join("results.xml");
+    let results = std::fs::read_to_string(out.join("results.xml")).ok();
+    let hint = if stderr.contains("Operation not permitted") || stderr.contains("unshare failed") {
+        " (OpenSCAP runs in a private mount namespace, which needs root)"
+    } else {
+        ""
+    };
+    let what = format!("oscap-chroot {}{hint}", root.display());
+    read_run(&what, output.status.code(), results.as_deref(), &stderr, profile, &ds.display().to_string())
+}
+
+/// Reads what one oscap evaluation left: its exit code, its results document (if written)
+/// and its standard error. `what` names the run in errors, `datastream` in the report.
+pub fn read_run(
+    what: &str,
+    code: Option<i32>,
+    results: Option<&str>,
+    stderr: &str,
+    profile: &ScapProfile,
+    datastream: &str,
+) -> Result<ScapRun, ComplianceError> {
     // oscap exits 0 when every rule passed, 2 when some failed, 1 on an error.
-    let ok = matches!(output.status.code(), Some(0 | 2)) && results_path.is_file();
-    if !ok {
-        let hint = if stderr.contains("Operation not permitted") || stderr.contains("unshare failed") {
-            " (OpenSCAP runs in a private mount namespace, which needs root)"
-        } else {
-            ""
-        };
-        return Err(ComplianceError::Scap(format!(
-            "oscap-chroot {} with profile {} failed ({}){hint}: {}",
-            root.display(),
-            profile.id,
-            output.status,
-            stderr
-                .trim()
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join(" / ")
-        )));
-    }
-    let xml = std::fs::read_to_string(&results_path)
-        .map_err(|e| ComplianceError::Scap(format!("cannot read {}: {e}", results_path.display())))?;
-    let results = parse_results(&xml, &profile.id).map_err(ComplianceError::Scap)?;
+    let xml = match (code, results) {
+        (Some(0 | 2), Some(xml)) => xml,
+        _ => {
+            let code = code.map(|c| format!("exit status {c}")).unwrap_or_else(|| "killed".into());
+            let tail: Vec<&str> = stderr.trim().lines().rev().take(5).collect();
+            return Err(ComplianceError::Scap(format!(
+                "{what} with profile {} failed ({code}): {}",
+                profile.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )));
+        }
+    };
+    let results = parse_results(xml, &profile.id).map_err(ComplianceError::Scap)?;
     let mut notes: Vec<String> = stderr
         .lines()
         .map(str::trim)
@@ -302,10 +307,57 @@ pub fn run(
         id: profile.id.clone(),
         title: profile.title.clone(),
         source: Source::Openscap,
-        datastream: Some(ds.display().to_string()),
+        datastream: Some(datastream.to_string()),
         rules: results.len(),
     };
     Ok(ScapRun { results, info, notes })
+}
+
+/// What OpenSCAP needs to run inside a booted guest instead of on the tree (the sysctl,
+/// dpkg and service probes read the running system there): the host's scanner, the folder
+/// of its schemas and stylesheets, and the data stream for the target's release. The caller
+/// puts them on a disk the guest mounts (the guest needs no OpenSCAP of its own) and runs
+/// [`guest_command`]; its writes go to the instance's throwaway overlay, never the image.
+#[derive(Debug, Clone)]
+pub struct GuestTools {
+    pub oscap: PathBuf,
+    /// `/usr/share/openscap` (schemas, xsl, cpe): on the disk at `share/openscap`.
+    pub share: PathBuf,
+    /// On the disk at [`GUEST_DATASTREAM`].
+    pub datastream: PathBuf,
+}
+
+/// Where the data stream sits on the guest's tools disk.
+pub const GUEST_DATASTREAM: &str = "content/ds.xml";
+
+/// The host's OpenSCAP for a guest whose tree is `fs`.
+pub fn guest_tools(
+    fs: &kiln_scan::rootfs::RootFs,
+    profile: &ScapProfile,
+) -> Result<GuestTools, ComplianceError> {
+    let datastream = datastream_for(fs, &profile.content_dir).map_err(ComplianceError::Scap)?;
+    let oscap =
+        which("oscap").ok_or_else(|| ComplianceError::Scap(format!("oscap is not installed: {INSTALL}")))?;
+    let share = PathBuf::from("/usr/share/openscap");
+    if !share.join("schemas").is_dir() {
+        return Err(ComplianceError::Scap(format!(
+            "OpenSCAP's schemas are missing from {}: {INSTALL}",
+            share.display()
+        )));
+    }
+    Ok(GuestTools { oscap, share, datastream })
+}
+
+/// The command that evaluates `profile` in a guest with the tools disk mounted at `mount`,
+/// writing the results document to `results` (in the guest). Its exit code and standard error
+/// go to [`read_run`] with the results read back.
+pub fn guest_command(mount: &str, profile: &ScapProfile, results: &str) -> Vec<String> {
+    let script = format!(
+        "OSCAP_SCHEMA_PATH=\"$1/share/openscap/schemas\" OSCAP_XSLT_PATH=\"$1/share/openscap/xsl\" \
+         OSCAP_CPE_PATH=\"$1/share/openscap/cpe\" exec \"$1/oscap\" xccdf eval --profile \"$2\" \
+         --results \"$3\" \"$1/{GUEST_DATASTREAM}\""
+    );
+    ["/bin/sh", "-c", &script, "sh", mount, &profile.id, results].map(String::from).to_vec()
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

@@ -41,6 +41,9 @@ pub struct InstanceConfig {
     pub nic: Option<String>,
     /// Added to the base environment of every step run in the guest.
     pub env: Vec<(String, String)>,
+    /// More read-only disks for the guest (tool disks, see [`crate::tool_disk`]); the guest
+    /// mounts them by label.
+    pub extra_disks: Vec<PathBuf>,
 }
 
 /// A booted instance with its agent.
@@ -99,6 +102,12 @@ impl Instance {
             "-device".into(),
             format!("virtserialport,bus=kvser0.0,chardev=kagent,name={AGENT_PORT}"),
         ];
+        for disk in &cfg.extra_disks {
+            vm_cfg.extra_args.push("-drive".into());
+            vm_cfg
+                .extra_args
+                .push(format!("if=virtio,format=raw,readonly=on,file={}", prepare::qemu_path(disk)));
+        }
         let vm = Vm::spawn(&vm_cfg).map_err(|e| InstanceError::Qemu(e.to_string()))?;
         let accel = vm.accel();
         let serial = vm.serial_log().to_path_buf();

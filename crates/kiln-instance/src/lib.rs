@@ -27,7 +27,10 @@ mod suite;
 
 pub use instance::{Instance, InstanceConfig, KeptInstance, Readiness, fatal_console};
 pub use launch::{LaunchOptions, Launched, launch, nocloud_seed};
-pub use prepare::{AGENT_PORT, AGENT_UNIT, PREPARE_ARG, agent_disk, make_overlay, prepare_main_if_requested};
+pub use prepare::{
+    AGENT_PORT, AGENT_UNIT, PREPARE_ARG, ToolBundle, agent_disk, make_overlay, prepare_main_if_requested,
+    tool_disk,
+};
 pub use report::{TestCase, TestReport, TestStatus};
 pub use suite::{BUILTIN_TESTS, ExtraTests, SuiteOptions, SuiteOutcome, run_suite};
 

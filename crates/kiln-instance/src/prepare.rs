@@ -14,6 +14,8 @@
 //! The agent disk is a small ext4 file system (made with `mkfs.ext4 -d`) holding the running
 //! kiln executable, the shared libraries it links and the dynamic loader, run through that
 //! loader: the guest needs no particular C library. It is cached by the executable's identity.
+//! Other tools reach a guest the same way ([`ToolBundle`], [`tool_disk`]): OpenSCAP, for rules
+//! that need the running system.
 
 use std::fs;
 use std::io::Write;
@@ -212,66 +214,148 @@ pub(crate) fn qemu_path(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
+/// Programs and data for a guest, as a small read-only ext4 disk (made with `mkfs.ext4 -d`)
+/// that the guest mounts by its label. Each program is copied with the shared libraries it
+/// links and the host's dynamic loader, and gets a wrapper script of its name at the disk's
+/// root that runs it through that loader: the guest needs no particular C library.
+#[derive(Debug, Clone, Default)]
+pub struct ToolBundle {
+    /// The file system label the guest mounts it by (at most 16 bytes).
+    pub label: String,
+    /// `(name, host path)`: each becomes `bin/NAME` and the wrapper `NAME`.
+    pub programs: Vec<(String, PathBuf)>,
+    /// `(host file or folder, path on the disk)`, copied as they are.
+    pub data: Vec<(PathBuf, String)>,
+    /// `(name, body)`: executable shell scripts at the root; `$d` is the disk's mount point.
+    pub scripts: Vec<(String, String)>,
+}
+
 /// The agent disk for the running executable, made once and cached in `cache_dir`.
 pub fn agent_disk(cache_dir: &Path) -> Result<PathBuf, InstanceError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| InstanceError::Prepare(format!("cannot find the running executable: {e}")))?;
+    let bundle = ToolBundle {
+        label: AGENT_LABEL.into(),
+        programs: vec![("kiln".into(), exe)],
+        data: Vec::new(),
+        scripts: vec![(
+            "start".into(),
+            format!("exec \"$d/kiln\" {} /dev/virtio-ports/{AGENT_PORT}\n", kiln_sandbox::GUEST_AGENT_ARG),
+        )],
+    };
+    tool_disk(cache_dir, "agent", &bundle)
+}
+
+/// The disk for `bundle`, made once and cached in `cache_dir` under `prefix` and a digest of
+/// everything that goes into it (paths, sizes and modification times); disks of the same
+/// prefix that are stale are removed.
+pub fn tool_disk(cache_dir: &Path, prefix: &str, bundle: &ToolBundle) -> Result<PathBuf, InstanceError> {
+    use sha2::Digest;
     let err = |what: &str, e: std::io::Error| InstanceError::Prepare(format!("{what}: {e}"));
-    let exe = std::env::current_exe().map_err(|e| err("cannot find the running executable", e))?;
-    let meta = fs::metadata(&exe).map_err(|e| err("cannot inspect the running executable", e))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-    let key = format!(
-        "agent-{:x}-{:x}-{:x}",
-        meta.len(),
-        mtime.map(|d| d.as_nanos()).unwrap_or_default(),
-        std::os::unix::fs::MetadataExt::ino(&meta)
-    );
+    let mut key = sha2::Sha256::new();
+    key.update(format!("{}\n", bundle.label));
+    for (name, path) in &bundle.programs {
+        key.update(format!("program {name} "));
+        identity(path, &mut key).map_err(|e| err(&format!("cannot inspect {}", path.display()), e))?;
+    }
+    for (src, dest) in &bundle.data {
+        key.update(format!("data {dest} "));
+        identity(src, &mut key).map_err(|e| err(&format!("cannot inspect {}", src.display()), e))?;
+    }
+    for (name, body) in &bundle.scripts {
+        key.update(format!("script {name} {}\n{body}", body.len()));
+    }
+    let key = hex::encode(&key.finalize()[..12]);
     fs::create_dir_all(cache_dir).map_err(|e| err(&format!("cannot create {}", cache_dir.display()), e))?;
-    let disk = cache_dir.join(format!("{key}.ext4"));
+    let disk = cache_dir.join(format!("{prefix}-{key}.ext4"));
     if disk.is_file() {
         return Ok(disk);
     }
     let work = tempfile::Builder::new()
-        .prefix(".agent-")
+        .prefix(&format!(".{prefix}-"))
         .tempdir_in(cache_dir)
-        .map_err(|e| err("cannot create a folder for the agent disk", e))?;
-    let bundle = work.path().join("bundle");
-    let lib = bundle.join("lib");
-    fs::create_dir_all(&lib).map_err(|e| err("cannot create the agent bundle", e))?;
-    fs::copy(&exe, bundle.join("kiln")).map_err(|e| err("cannot copy the kiln executable", e))?;
-    let mut loader = None;
-    for (name, path) in shared_libraries(&exe)? {
-        let dest = lib.join(&name);
-        fs::copy(&path, &dest).map_err(|e| err(&format!("cannot copy {}", path.display()), e))?;
-        if name.starts_with("ld-linux") {
-            loader = Some(name);
-        }
+        .map_err(|e| err("cannot create a folder for the disk", e))?;
+    let root = work.path().join("bundle");
+    let (bin, lib) = (root.join("bin"), root.join("lib"));
+    for d in [&bin, &lib] {
+        fs::create_dir_all(d).map_err(|e| err(&format!("cannot create {}", d.display()), e))?;
     }
-    let loader =
-        loader.ok_or_else(|| InstanceError::Prepare("ldd shows no dynamic loader for kiln".into()))?;
-    let start = format!(
-        "#!/bin/sh\n# Runs kiln with the libraries it was built against, whatever the guest's C library.\n\
-         d=$(dirname \"$0\")\nexec \"$d/lib/{loader}\" --library-path \"$d/lib\" \"$d/kiln\" {} /dev/virtio-ports/{AGENT_PORT}\n",
-        kiln_sandbox::GUEST_AGENT_ARG
-    );
-    let start_path = bundle.join("start");
-    fs::write(&start_path, start).map_err(|e| err("cannot write the agent start script", e))?;
-    fs::set_permissions(&start_path, fs::Permissions::from_mode(0o755))
-        .map_err(|e| err("cannot make the start script executable", e))?;
-    let size_mib = du(&bundle) / (1 << 20) * 5 / 4 + 16;
-    let tmp = work.path().join("agent.ext4");
+    let mut scripts = bundle.scripts.clone();
+    for (name, exe) in &bundle.programs {
+        fs::copy(exe, bin.join(name)).map_err(|e| err(&format!("cannot copy {}", exe.display()), e))?;
+        let mut loader = None;
+        for (lib_name, path) in shared_libraries(exe)? {
+            let dest = lib.join(&lib_name);
+            if !dest.exists() {
+                fs::copy(&path, &dest).map_err(|e| err(&format!("cannot copy {}", path.display()), e))?;
+            }
+            if lib_name.starts_with("ld-linux") {
+                loader = Some(lib_name);
+            }
+        }
+        let loader = loader.ok_or_else(|| {
+            InstanceError::Prepare(format!("ldd shows no dynamic loader for {}", exe.display()))
+        })?;
+        scripts.push((
+            name.clone(),
+            format!("exec \"$d/lib/{loader}\" --library-path \"$d/lib\" \"$d/bin/{name}\" \"$@\"\n"),
+        ));
+    }
+    for (src, dest) in &bundle.data {
+        let to = root.join(dest.trim_start_matches('/'));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(|e| err(&format!("cannot create {}", parent.display()), e))?;
+        }
+        // `cp -a` keeps the tree as it is (links included); the host's own files are trusted.
+        let mut cp = tool("cp");
+        cp.arg("-a").arg(src).arg(&to);
+        run(cp, &format!("copying {} into the {prefix} disk", src.display()))?;
+    }
+    for (name, body) in &scripts {
+        let path = root.join(name);
+        let text = format!("#!/bin/sh\n# Made by kiln for a test instance.\nd=$(dirname \"$0\")\n{body}");
+        fs::write(&path, text).map_err(|e| err(&format!("cannot write {}", path.display()), e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(|e| err(&format!("cannot make {} executable", path.display()), e))?;
+    }
+    let size_mib = du(&root) / (1 << 20) * 5 / 4 + 16;
+    let tmp = work.path().join("disk.ext4");
     let mut mkfs = tool("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-L", AGENT_LABEL, "-E", "root_owner=0:0", "-d"])
-        .arg(&bundle)
+    mkfs.args(["-q", "-F", "-L", &bundle.label, "-E", "root_owner=0:0", "-d"])
+        .arg(&root)
         .arg(&tmp)
         .arg(format!("{size_mib}M"));
-    run(mkfs, "making the agent disk with mkfs.ext4")?;
-    fs::rename(&tmp, &disk).map_err(|e| err("cannot store the agent disk", e))?;
-    remove_old_agent_disks(cache_dir, &disk);
+    run(mkfs, &format!("making the {prefix} disk with mkfs.ext4"))?;
+    fs::rename(&tmp, &disk).map_err(|e| err(&format!("cannot store the {prefix} disk"), e))?;
+    remove_old_disks(cache_dir, prefix, &disk);
     Ok(disk)
 }
 
-/// Agent disks of earlier kiln executables (each a few hundred MiB) are removed once they have
-/// not been made for a while; a running instance keeps its disk open, so unlinking it is safe.
-fn remove_old_agent_disks(cache_dir: &Path, keep: &Path) {
+/// Feeds what identifies `path` (and, for a folder, everything in it) into `key`.
+fn identity(path: &Path, key: &mut sha2::Sha256) -> std::io::Result<()> {
+    use sha2::Digest;
+    let meta = fs::metadata(path)?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    key.update(format!(
+        "{} {} {}\n",
+        path.display(),
+        meta.len(),
+        mtime.map(|d| d.as_nanos()).unwrap_or_default()
+    ));
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(path)?.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for e in entries {
+            identity(&e, key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Disks of `prefix` other than `keep` (each up to a few hundred MiB) are removed once they
+/// have not been made for a while; a running instance keeps its disk open, so unlinking is
+/// safe.
+fn remove_old_disks(cache_dir: &Path, prefix: &str, keep: &Path) {
     let Ok(entries) = fs::read_dir(cache_dir) else { return };
     for e in entries.flatten() {
         let path = e.path();
@@ -282,7 +366,7 @@ fn remove_old_agent_disks(cache_dir: &Path, keep: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > std::time::Duration::from_secs(600));
-        if path != keep && name.starts_with("agent-") && name.ends_with(".ext4") && old {
+        if path != keep && name.starts_with(&format!("{prefix}-")) && name.ends_with(".ext4") && old {
             let _ = fs::remove_file(&path);
         }
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use kiln_build::Kiln;
 use kiln_compliance::policy::{PlanField, PlanOptions};
 use kiln_compliance::{ComplianceError, ComplianceReport, Exception, Gate, Plan, Severity, Status};
 
@@ -61,9 +62,27 @@ pub fn run(home: &Path, args: ComplianceArgs) -> Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
 
-    let (root, label, _scratch) = super::target::root_of(home, target)?;
-    let report = kiln_compliance::evaluate(&root, &label, &plan)
-        .with_context(|| format!("cannot evaluate {target}"))?;
+    let report = if args.in_guest {
+        let (disk, label, image) = super::target::disk_of(home, target, &["qcow2", "raw"])?;
+        let (root, _scratch) = super::target::import_root(home, &disk)?;
+        let req = kiln_build::guest_compliance::GuestCompliance {
+            disk: &disk,
+            root: &root,
+            target: &label,
+            infra: kiln_build::test_stage::image_infra(image.as_ref()),
+        };
+        eprintln!(
+            "booting a test instance of {label} for OpenSCAP (accelerator {})",
+            kiln_image::qemu::detect_accel()
+        );
+        Kiln::open(home)?
+            .compliance_in_guest(&req, &plan)
+            .with_context(|| format!("cannot evaluate {target} in a test instance"))?
+    } else {
+        let (root, label, _scratch) = super::target::root_of(home, target)?;
+        kiln_compliance::evaluate(&root, &label, &plan)
+            .with_context(|| format!("cannot evaluate {target}"))?
+    };
     for n in &report.notes {
         eprintln!("note: {n}");
     }

@@ -13,8 +13,25 @@ pub fn root_of(home: &Path, target: &str) -> Result<(PathBuf, String, Option<tem
     if path.is_dir() {
         return Ok((path.to_path_buf(), target.to_string(), None));
     }
-    let (disk, label) = if path.is_file() {
-        (path.to_path_buf(), target.to_string())
+    let (disk, label, _) = disk_of(home, target, &["raw", "qcow2"])?;
+    let (root, scratch) = import_root(home, &disk)?;
+    Ok((root, label, Some(scratch)))
+}
+
+/// The disk for TARGET (a disk file, or a catalogued image's disk in the first of `formats`
+/// it has), how reports name it, and the catalogued image.
+pub fn disk_of(
+    home: &Path,
+    target: &str,
+    formats: &[&str],
+) -> Result<(PathBuf, String, Option<kiln_store::Image>)> {
+    let path = Path::new(target);
+    if path.is_file() {
+        Ok((path.to_path_buf(), target.to_string(), None))
+    } else if path.is_dir() {
+        bail!(
+            "{target} is a directory: give a raw or qcow2 disk or a catalogued image (NAME/VERSION[/BUILD] or ARN)"
+        );
     } else if target.starts_with(['/', '.']) {
         bail!(
             "{target} does not exist: give a root directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)"
@@ -22,13 +39,10 @@ pub fn root_of(home: &Path, target: &str) -> Result<(PathBuf, String, Option<tem
     } else if target.starts_with("arn:") || target.contains('/') {
         let kiln = Kiln::open(home)?;
         let image = kiln.find_image(target)?;
-        // Reading a file system from raw needs no conversion.
-        (kiln.image_disk(&image, &["raw", "qcow2"])?, image.arn)
+        Ok((kiln.image_disk(&image, formats)?, image.arn.clone(), Some(image)))
     } else {
         bail!("{target} is not a directory, a disk file or a catalogued image (NAME/VERSION[/BUILD] or ARN)");
-    };
-    let (root, scratch) = import_root(home, &disk)?;
-    Ok((root, label, Some(scratch)))
+    }
 }
 
 /// The root file system of a raw or qcow2 disk, imported into a temporary folder under
