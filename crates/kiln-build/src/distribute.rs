@@ -109,8 +109,9 @@ impl Kiln {
             .filter(|r| r.state == "AVAILABLE")
             .map(|r| r.region)
             .collect();
-        let mut outcomes = Vec::new();
-        for t in targets_of(&manifest) {
+        // Targets wanting the same files are pushed together, so each file is read once.
+        let mut groups: Vec<(Vec<PathBuf>, Vec<_>)> = Vec::new();
+        for (n, t) in targets_of(&manifest).into_iter().enumerate() {
             if !again && done.contains(&t.region) {
                 continue;
             }
@@ -123,48 +124,70 @@ impl Kiln {
                 keyring.create(key).map_err(|e| BuildError::Store(e.to_string()))?;
                 tracing::warn!("created the key `{key}` in the keyring for region {}", t.region);
             }
-            let result =
-                Target::open(&t.region, &t.store_url, t.key.clone(), &s3_options()).and_then(|target| {
-                    self.block_on(kiln_dist::push(
-                        &target,
-                        &keyring,
-                        &reference,
-                        &files,
-                        &manifest_bytes,
-                        PARALLEL,
-                    ))
-                });
-            let outcome = match result {
-                Ok(r) => RegionOutcome {
-                    region: t.region.clone(),
-                    store_url: t.store_url.clone(),
-                    state: "AVAILABLE".into(),
-                    reason: None,
-                    uploaded_bytes: r.uploaded_bytes,
-                    total_bytes: r.total_bytes,
-                },
-                Err(e) => RegionOutcome {
-                    region: t.region.clone(),
-                    store_url: t.store_url.clone(),
-                    state: "FAILED".into(),
-                    reason: Some(e.to_string()),
-                    uploaded_bytes: 0,
-                    total_bytes: 0,
-                },
-            };
-            self.block_on(self.store().set_image_region(
-                &image.arn,
-                &outcome.region,
-                &outcome.store_url,
-                &outcome.state,
-                outcome.reason.as_deref(),
-                outcome.uploaded_bytes,
-                outcome.total_bytes,
-            ))
-            .map_err(|e| BuildError::Store(e.to_string()))?;
-            outcomes.push(outcome);
+            match groups.iter_mut().find(|(f, _)| *f == files) {
+                Some((_, ts)) => ts.push((n, t)),
+                None => groups.push((files, vec![(n, t)])),
+            }
         }
-        Ok(outcomes)
+        let mut outcomes = Vec::new();
+        for (files, group) in groups {
+            let mut results: Vec<Option<Result<kiln_dist::PushReport, kiln_dist::DistError>>> = Vec::new();
+            let mut open = Vec::new();
+            for (_, t) in &group {
+                match Target::open(&t.region, &t.store_url, t.key.clone(), &s3_options()) {
+                    Ok(target) => {
+                        open.push(target);
+                        results.push(None);
+                    }
+                    Err(e) => results.push(Some(Err(e))),
+                }
+            }
+            let mut pushed = self
+                .block_on(kiln_dist::push_many(
+                    &open,
+                    &keyring,
+                    &reference,
+                    &files,
+                    &manifest_bytes,
+                    PARALLEL,
+                ))
+                .into_iter();
+            for ((n, t), result) in group.iter().zip(results) {
+                let result = result.or_else(|| pushed.next()).expect("one result per opened target");
+                let outcome = match result {
+                    Ok(r) => RegionOutcome {
+                        region: t.region.clone(),
+                        store_url: t.store_url.clone(),
+                        state: "AVAILABLE".into(),
+                        reason: None,
+                        uploaded_bytes: r.uploaded_bytes,
+                        total_bytes: r.total_bytes,
+                    },
+                    Err(e) => RegionOutcome {
+                        region: t.region.clone(),
+                        store_url: t.store_url.clone(),
+                        state: "FAILED".into(),
+                        reason: Some(e.to_string()),
+                        uploaded_bytes: 0,
+                        total_bytes: 0,
+                    },
+                };
+                self.block_on(self.store().set_image_region(
+                    &image.arn,
+                    &outcome.region,
+                    &outcome.store_url,
+                    &outcome.state,
+                    outcome.reason.as_deref(),
+                    outcome.uploaded_bytes,
+                    outcome.total_bytes,
+                ))
+                .map_err(|e| BuildError::Store(e.to_string()))?;
+                outcomes.push((*n, outcome));
+            }
+        }
+        // In the manifest's order of targets, as before they were grouped.
+        outcomes.sort_by_key(|(n, _)| *n);
+        Ok(outcomes.into_iter().map(|(_, o)| o).collect())
     }
 }
 

@@ -14,7 +14,8 @@ pub mod store;
 
 pub use keys::{Keyring, Signature, WrappedKey};
 pub use store::{
-    ImageRef, Index, PushReport, Release, S3Options, Target, VerifyReport, is_published, push, remove, verify,
+    ImageRef, Index, PushReport, Release, S3Options, Target, VerifyReport, is_published, push, push_many,
+    remove, verify,
 };
 
 /// What can go wrong distributing or reading an image.

@@ -24,11 +24,13 @@
 //! HMAC of its digest under the data key, so neither content nor plaintext digests are in the
 //! store, and chunks still deduplicate within the target.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, OsRng, Payload, rand_core::RngCore};
 use aes_gcm::{Aes256Gcm, Nonce};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -273,13 +275,16 @@ impl Sealer {
         match self {
             Sealer::Plain => Ok(Bytes::copy_from_slice(data)),
             Sealer::Sealed { cipher, .. } => {
-                let mut nonce = [0u8; 12];
-                OsRng.fill_bytes(&mut nonce);
-                let sealed = cipher
-                    .encrypt(Nonce::from_slice(&nonce), Payload { msg: data, aad: id.as_bytes() })
+                // nonce ‖ ciphertext ‖ tag, encrypted where it lies: one copy of the chunk.
+                let mut out = Vec::with_capacity(12 + data.len() + 16);
+                out.resize(12, 0);
+                OsRng.fill_bytes(&mut out);
+                out.extend_from_slice(data);
+                let (nonce, msg) = out.split_at_mut(12);
+                let tag = cipher
+                    .encrypt_in_place_detached(Nonce::from_slice(nonce), id.as_bytes(), msg)
                     .map_err(|_| DistError::Key("sealing a chunk failed".into()))?;
-                let mut out = nonce.to_vec();
-                out.extend_from_slice(&sealed);
+                out.extend_from_slice(&tag);
                 Ok(Bytes::from(out))
             }
         }
@@ -341,44 +346,239 @@ pub async fn push(
     manifest: &[u8],
     parallel: usize,
 ) -> Result<PushReport, DistError> {
-    let store = target.store.as_ref();
-    let sealer = sealer(target, keyring, true).await?;
-    let mut report = PushReport { region: target.region.clone(), ..Default::default() };
-    let mut index = Index {
-        format: "kiln-index/1".into(),
-        encrypted_with: target.key_name.clone(),
-        artifacts: Vec::new(),
-    };
-    for path in artifacts {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| DistError::Io(format!("{} has no file name", path.display())))?;
-        let file = std::fs::File::open(path)
-            .map_err(|e| DistError::Io(format!("reading {}: {e}", path.display())))?;
-        let mut whole = Sha256::new();
-        let mut chunks = Vec::new();
-        let mut size = 0u64;
-        // Chunks are cut (and hashed) in order on this thread; uploads run `parallel` at once.
-        let cut = fastcdc::v2020::StreamCDC::new(file, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
-        let mut pending = Vec::new();
-        for c in cut {
-            let c = c.map_err(|e| DistError::Io(format!("reading {}: {e}", path.display())))?;
-            whole.update(&c.data);
-            size += c.length as u64;
-            let sha = sha256_hex(&c.data);
-            let id = sealer.id(&sha);
-            chunks.push(ChunkRef { id: id.clone(), sha256: sha, size: c.length as u64 });
-            pending.push((id, c.data));
-            if pending.len() >= parallel.max(1) * 4 {
-                upload(store, &sealer, std::mem::take(&mut pending), parallel, &mut report).await?;
+    push_many(std::slice::from_ref(target), keyring, image, artifacts, manifest, parallel)
+        .await
+        .pop()
+        .expect("one result per target")
+}
+
+/// [`push`] to several targets at once: each artifact is read, cut and hashed once and each
+/// chunk goes to every target, rather than reading the whole image again per target. A target
+/// that fails is left out from then on without stopping the others; the results are in the
+/// order of `targets`.
+pub async fn push_many(
+    targets: &[Target],
+    keyring: &Keyring,
+    image: &ImageRef,
+    artifacts: &[PathBuf],
+    manifest: &[u8],
+    parallel: usize,
+) -> Vec<Result<PushReport, DistError>> {
+    let mut live = Vec::new();
+    let mut failed = Vec::new();
+    for t in targets {
+        match sealer(t, keyring, true).await {
+            Ok(s) => {
+                live.push(Some(Arc::new(s)));
+                failed.push(None);
+            }
+            Err(e) => {
+                live.push(None);
+                failed.push(Some(e));
             }
         }
-        upload(store, &sealer, pending, parallel, &mut report).await?;
-        report.total_bytes += size;
-        report.chunks += chunks.len();
-        index.artifacts.push(ArtifactIndex { name, size, sha256: hex::encode(whole.finalize()), chunks });
     }
+    let mut reports: Vec<PushReport> =
+        targets.iter().map(|t| PushReport { region: t.region.clone(), ..Default::default() }).collect();
+    let mut indexes: Vec<Vec<ArtifactIndex>> = vec![Vec::new(); targets.len()];
+    for path in artifacts {
+        if failed.iter().all(Option::is_some) {
+            break;
+        }
+        let pushed = push_artifact(targets, &live, &mut failed, &mut reports, path, parallel).await;
+        match pushed {
+            Ok((name, size, sha256, chunks)) => {
+                for (i, t) in live.iter().enumerate() {
+                    let Some(sealer) = t.as_ref().filter(|_| failed[i].is_none()) else { continue };
+                    let chunks = chunks
+                        .iter()
+                        .map(|(sha, size)| ChunkRef { id: sealer.id(sha), sha256: sha.clone(), size: *size })
+                        .collect::<Vec<_>>();
+                    reports[i].total_bytes += size;
+                    reports[i].chunks += chunks.len();
+                    indexes[i].push(ArtifactIndex {
+                        name: name.clone(),
+                        size,
+                        sha256: sha256.clone(),
+                        chunks,
+                    });
+                }
+            }
+            // Reading the artifact failed: no target can have it.
+            Err(e) => {
+                for f in failed.iter_mut().filter(|f| f.is_none()) {
+                    *f = Some(DistError::Io(e.to_string()));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        out.push(match failed[i].take() {
+            Some(e) => Err(e),
+            None => publish(t, keyring, image, std::mem::take(&mut indexes[i]), manifest)
+                .await
+                .map(|()| std::mem::take(&mut reports[i])),
+        });
+    }
+    out
+}
+
+/// One artifact's chunk digests and sizes in order, with its name, size and digest.
+type Artifact = (String, u64, String, Vec<(String, u64)>);
+
+/// Cuts `path` into chunks and uploads each new one to every target not failed yet. Three
+/// stages overlap: a blocking thread reads, cuts and hashes the whole file in order; chunks are
+/// hashed `parallel` at once on the blocking pool; `parallel` chunks are uploaded at once, each
+/// to all targets together.
+async fn push_artifact(
+    targets: &[Target],
+    sealers: &[Option<Arc<Sealer>>],
+    failed: &mut [Option<DistError>],
+    reports: &mut [PushReport],
+    path: &Path,
+    parallel: usize,
+) -> Result<Artifact, DistError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| DistError::Io(format!("{} has no file name", path.display())))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| DistError::Io(format!("reading {}: {e}", path.display())))?;
+    let parallel = parallel.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(parallel * 2);
+    let reader = tokio::task::spawn_blocking(move || cut(file, &tx));
+    let chunks = stream::poll_fn(|cx| rx.poll_recv(cx));
+
+    // Whether a target is still pushed to: read when an upload starts, cleared on its error.
+    let live: Vec<AtomicBool> =
+        sealers.iter().zip(failed.iter()).map(|(s, f)| AtomicBool::new(s.is_some() && f.is_none())).collect();
+    let mut order = Vec::new();
+    // A chunk that occurs twice (zeros) is uploaded once.
+    let mut seen = HashSet::new();
+    let uploads = chunks
+        .map(|data| async move {
+            tokio::task::spawn_blocking(move || (sha256_hex(&data), data))
+                .await
+                .map_err(|e| DistError::Io(format!("hashing a chunk: {e}")))
+        })
+        .buffered(parallel)
+        .map_ok(|(sha, data)| {
+            order.push((sha.clone(), data.len() as u64));
+            let new = seen.insert(sha.clone());
+            let live = &live;
+            async move {
+                if !new {
+                    return Ok(Vec::new());
+                }
+                let each =
+                    sealers.iter().enumerate().filter(|(i, _)| live[*i].load(Ordering::Relaxed)).filter_map(
+                        |(i, s)| {
+                            let (sealer, store) = (s.clone()?, targets[i].store.clone());
+                            let (sha, data) = (sha.clone(), data.clone());
+                            Some(async move { (i, upload_chunk(store.as_ref(), sealer, &sha, data).await) })
+                        },
+                    );
+                Ok(futures_util::future::join_all(each).await)
+            }
+        })
+        .try_buffer_unordered(parallel);
+    let mut uploads = Box::pin(uploads);
+    while let Some(done) = uploads.next().await {
+        for (i, r) in done? {
+            match r {
+                Ok(Some(n)) => {
+                    reports[i].uploaded_chunks += 1;
+                    reports[i].uploaded_bytes += n;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    live[i].store(false, Ordering::Relaxed);
+                    failed[i].get_or_insert(e);
+                }
+            }
+        }
+    }
+    drop(uploads);
+    let (size, sha256) = reader
+        .await
+        .map_err(|e| DistError::Io(format!("reading {}: {e}", path.display())))?
+        .map_err(|e| DistError::Io(format!("reading {}: {e}", path.display())))?;
+    Ok((name, size, sha256, order))
+}
+
+/// Reads `file` and sends its FastCDC chunks in order; its size and sha256. Same cut points as
+/// `fastcdc::v2020::StreamCDC`, whose buffer handling copies each chunk several times: this
+/// reads blocks of 16 MiB and sends chunks as slices of them, copying only the tail of a block
+/// (under a largest chunk) into the next.
+fn cut(mut file: std::fs::File, tx: &tokio::sync::mpsc::Sender<Bytes>) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    const BLOCK: usize = 16 << 20;
+    let cdc_max = MAX_CHUNK as usize;
+    let mut block = Bytes::new();
+    let mut eof = false;
+    let mut whole = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        // Refill once less than a largest chunk is left, so a cut sees what StreamCDC's would.
+        if !eof && block.len() < cdc_max {
+            let mut next = Vec::with_capacity(BLOCK);
+            next.extend_from_slice(&block);
+            // read_to_end reads into the spare capacity without zeroing it first.
+            let want = (BLOCK - next.len()) as u64;
+            let got = (&mut file).take(want).read_to_end(&mut next)?;
+            eof = (got as u64) < want;
+            block = Bytes::from(next);
+        }
+        if block.is_empty() {
+            return Ok((size, hex::encode(whole.finalize())));
+        }
+        let (_, len) =
+            fastcdc::v2020::FastCDC::new(&block, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).cut(0, block.len());
+        let chunk = block.split_to(len);
+        whole.update(&chunk);
+        size += len as u64;
+        if tx.blocking_send(chunk).is_err() {
+            // The uploads stopped (every target failed): nothing wants the rest.
+            return Err(std::io::Error::other("the upload stopped"));
+        }
+    }
+}
+
+/// Uploads one chunk unless the store has it; the plaintext bytes uploaded.
+async fn upload_chunk(
+    store: &dyn ObjectStore,
+    sealer: Arc<Sealer>,
+    sha256: &str,
+    data: Bytes,
+) -> Result<Option<u64>, DistError> {
+    let id = sealer.id(sha256);
+    let path = chunk_path(&id);
+    if exists(store, &path).await? {
+        return Ok(None);
+    }
+    let len = data.len() as u64;
+    let body = match sealer.as_ref() {
+        Sealer::Plain => data,
+        // AES-GCM of a chunk is a millisecond of CPU: off the runtime's threads.
+        Sealer::Sealed { .. } => tokio::task::spawn_blocking(move || sealer.seal(&id, &data))
+            .await
+            .map_err(|e| DistError::Key(format!("sealing a chunk: {e}")))??,
+    };
+    put(store, &path, body).await?;
+    Ok(Some(len))
+}
+
+/// Writes the index, the manifest and the release, then the signature that makes it visible.
+async fn publish(
+    target: &Target,
+    keyring: &Keyring,
+    image: &ImageRef,
+    artifacts: Vec<ArtifactIndex>,
+    manifest: &[u8],
+) -> Result<(), DistError> {
+    let store = target.store.as_ref();
+    let index = Index { format: "kiln-index/1".into(), encrypted_with: target.key_name.clone(), artifacts };
     let dir = image.dir();
     let index_bytes = serde_json::to_vec_pretty(&index).unwrap_or_default();
     let release = Release {
@@ -398,35 +598,7 @@ pub async fn push(
         &obj(&format!("{dir}/release.sig")),
         Bytes::from(serde_json::to_vec_pretty(&sig).unwrap_or_default()),
     )
-    .await?;
-    Ok(report)
-}
-
-async fn upload(
-    store: &dyn ObjectStore,
-    sealer: &Sealer,
-    batch: Vec<(String, Vec<u8>)>,
-    parallel: usize,
-    report: &mut PushReport,
-) -> Result<(), DistError> {
-    let done: Vec<Option<u64>> = stream::iter(batch)
-        .map(|(id, data)| async move {
-            let path = chunk_path(&id);
-            if exists(store, &path).await? {
-                return Ok::<_, DistError>(None);
-            }
-            let body = sealer.seal(&id, &data)?;
-            put(store, &path, body).await?;
-            Ok(Some(data.len() as u64))
-        })
-        .buffer_unordered(parallel.max(1))
-        .try_collect()
-        .await?;
-    for d in done.into_iter().flatten() {
-        report.uploaded_chunks += 1;
-        report.uploaded_bytes += d;
-    }
-    Ok(())
+    .await
 }
 
 /// Whether `image` is published (complete) in `target`.

@@ -191,3 +191,33 @@ async fn altered_or_missing_objects_and_strangers_signatures_are_refused() {
     let err = verify(&store, &ring, &image(1), Some(&me), None).await.unwrap_err();
     assert!(matches!(&err, DistError::Tampered(m) if m.contains("does not trust")), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_many_reads_once_for_all_stores_and_one_failing_store_does_not_stop_the_others() {
+    let work = tempfile::tempdir().unwrap();
+    let ring = Keyring::open(&work.path().join("keys")).unwrap();
+    ring.create("eu-key").unwrap();
+    let raw = work.path().join("disk.raw");
+    disk(&raw, 10 << 20, 13);
+    let plain = target(&work.path().join("plain"), None);
+    let sealed = target(&work.path().join("sealed"), Some("eu-key"));
+    // A key this keyring does not have: that store fails, the others go on.
+    let keyless = target(&work.path().join("keyless"), Some("us-key"));
+    let targets = [plain.clone(), keyless, sealed.clone()];
+    let results =
+        kiln_dist::push_many(&targets, &ring, &image(1), std::slice::from_ref(&raw), b"{}", 3).await;
+    assert!(results[1].is_err(), "{:?}", results[1]);
+    for (r, t) in [(&results[0], &plain), (&results[2], &sealed)] {
+        let r = r.as_ref().unwrap();
+        assert_eq!((r.uploaded_bytes, r.total_bytes), (10 << 20, 10 << 20));
+        let out = work.path().join(format!("out-{}", t.url.len()));
+        verify(t, &ring, &image(1), None, Some(&out)).await.unwrap();
+        assert_eq!(std::fs::read(out.join("disk.raw")).unwrap(), std::fs::read(&raw).unwrap());
+    }
+    // The same index as a push of its own: a store written by either reads the same.
+    let single = target(&work.path().join("single"), None);
+    push(&single, &ring, &image(1), std::slice::from_ref(&raw), b"{}", 3).await.unwrap();
+    let index =
+        |d: &str| std::fs::read(work.path().join(d).join("images/minimal/1.0.0/1/index.json")).unwrap();
+    assert_eq!(index("plain"), index("single"));
+}
