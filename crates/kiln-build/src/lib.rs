@@ -15,10 +15,12 @@
 //! kiln-store.
 
 pub mod builtin;
+pub mod catalogue;
 pub mod cleanup;
 pub mod compliance;
 pub mod distribute;
 pub mod layers;
+pub mod lifecycle;
 mod pipeline;
 pub mod run;
 pub mod scan;
@@ -66,6 +68,9 @@ pub enum BuildError {
     Test(String),
     #[error("catalogue: {0}")]
     Store(String),
+    /// An account may not use an image, or the image is retired.
+    #[error(transparent)]
+    Access(catalogue::AccessError),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
