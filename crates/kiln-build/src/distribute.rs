@@ -56,7 +56,7 @@ pub fn targets_of(manifest: &serde_json::Value) -> Vec<TargetSpec> {
 }
 
 /// S3 settings from the environment (`KILN_S3_ENDPOINT` and the usual `AWS_*` variables).
-fn s3_options() -> S3Options {
+pub(crate) fn s3_options() -> S3Options {
     S3Options {
         endpoint: std::env::var("KILN_S3_ENDPOINT").ok().filter(|v| !v.is_empty()),
         ..S3Options::default()

@@ -15,11 +15,13 @@
 //! kiln-store.
 
 pub mod builtin;
+pub mod catalogue;
 pub mod cleanup;
 pub mod compliance;
 pub mod distribute;
 pub mod guest_compliance;
 pub mod layers;
+pub mod lifecycle;
 mod pipeline;
 pub mod run;
 pub mod scan;
@@ -67,6 +69,9 @@ pub enum BuildError {
     Test(String),
     #[error("catalogue: {0}")]
     Store(String),
+    /// An account may not use an image, or the image is retired.
+    #[error(transparent)]
+    Access(catalogue::AccessError),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }

@@ -211,6 +211,9 @@ impl Kiln {
             let _ = self.block_on(self.store.transition(&arn, kiln_store::ImageState::Failed, Some(&reason)));
             e
         };
+        // Tags, launch permissions and the name per region, from the recipe and the
+        // distribution configuration, are the image's from its registration on.
+        self.register_distribution(&image, &file).map_err(fail)?;
         // Everything that can be checked is checked before any work starts.
         let checked = (|| {
             let components = self.resolve_components(&file, &base_dir)?;

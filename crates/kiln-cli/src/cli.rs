@@ -167,6 +167,32 @@ pub enum Command {
     /// kiln's keyring: encryption keys for distribution targets and the signing key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Lifecycle policies: deprecate, disable and delete images by age or count.
+    #[command(subcommand)]
+    Lifecycle(LifecycleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LifecycleCommand {
+    /// Apply a lifecycle policy file (YAML or JSON, the shape of Image Builder's
+    /// CreateLifecyclePolicy): print every change (image, current state, new state, the rule and
+    /// why) and make it, or with --dry-run only print it. DELETE removes the image from every
+    /// region and its files from the output folder; its record stays (`kiln image list --all`).
+    /// Applying the same policy again changes nothing. Exit 1 if a change could not be made.
+    ///
+    /// Example: kiln lifecycle apply examples/lifecycle/web-retention.yml --dry-run
+    Apply {
+        file: PathBuf,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan (and outcomes) as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Plan as if it were this time (RFC 3339), to see what a policy will do later.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        as_of: Option<time::OffsetDateTime>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +224,11 @@ pub struct LaunchArgs {
     /// Memory in MiB (default: the image's infrastructure configuration, else 1024).
     #[arg(long, value_name = "MIB")]
     pub memory_mib: Option<u32>,
+
+    /// The account launching a catalogued image (default: KILN_ACCOUNT, else the image's
+    /// owner). Refused unless it owns the image or was given launch permission.
+    #[arg(long, env = "KILN_ACCOUNT", value_name = "ID")]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -390,7 +421,56 @@ pub enum ImageCommand {
         /// Only images with this name.
         #[arg(long)]
         name: Option<String>,
+        /// Only images with this tag: KEY=VALUE, or KEY for any value. Repeat: all must match.
+        #[arg(long = "tag", value_name = "KEY[=VALUE]", value_parser = parse_tag_filter)]
+        tags: Vec<(String, Option<String>)>,
+        /// Also list DELETED images (the records lifecycle policies and deletions leave).
+        #[arg(long)]
+        all: bool,
         /// Print a JSON list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or change tags of an image.
+    Tag {
+        image: String,
+        /// KEY=VALUE; repeat for several.
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_param)]
+        tags: Vec<(String, String)>,
+    },
+    /// Remove tags from an image (keys it does not have are ignored).
+    Untag {
+        image: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Give accounts launch permission on an image: they may then `kiln launch` and `kiln image
+    /// pull` it. Only the owner may share (KILN_ACCOUNT, when set, must be the owner).
+    #[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["accounts", "all"])))]
+    Share {
+        image: String,
+        /// A 12-digit account id; repeat for several.
+        #[arg(long = "account", value_name = "ID")]
+        accounts: Vec<String>,
+        /// Every account (the image becomes public).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Withdraw launch permission given with `share`.
+    #[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["accounts", "all"])))]
+    Unshare {
+        image: String,
+        /// A 12-digit account id; repeat for several.
+        #[arg(long = "account", value_name = "ID")]
+        accounts: Vec<String>,
+        /// The public permission (accounts named with `share` keep theirs).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Launches per image and account: how many and the last one. Every image without IMAGE.
+    Usage {
+        image: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -421,12 +501,18 @@ pub enum ImageCommand {
     },
     /// Download an image from a region into DIR, checking everything `verify` checks; files
     /// appear only once complete and checked.
+    ///
+    /// Refused for a DISABLED image and for an account that is neither the owner nor given
+    /// launch permission; a DEPRECATED image is pulled with a warning.
     Pull {
         image: String,
         #[arg(long)]
         region: String,
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
+        /// The account pulling (default: KILN_ACCOUNT, else the image's owner).
+        #[arg(long, env = "KILN_ACCOUNT", value_name = "ID")]
+        account: Option<String>,
     },
 }
 
@@ -551,6 +637,19 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
         Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
         _ => Err(format!("`{s}` is not NAME=VALUE")),
     }
+}
+
+fn parse_tag_filter(s: &str) -> Result<(String, Option<String>), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), Some(value.to_string()))),
+        None if !s.is_empty() => Ok((s.to_string(), None)),
+        _ => Err(format!("`{s}` is not KEY or KEY=VALUE")),
+    }
+}
+
+fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2025-01-31T00:00:00Z: {e}"))
 }
 
 #[cfg(test)]

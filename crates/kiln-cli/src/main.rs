@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::Test(args) => commands::test::run(&home, args),
         Command::Launch(args) => commands::launch::run(&home, args),
         Command::Key(cmd) => commands::key::run(&home, cmd),
+        Command::Lifecycle(cmd) => commands::lifecycle::run(&home, cmd),
     };
     match result {
         Ok(code) => code,

@@ -9,15 +9,18 @@
 //! such in their documentation.
 
 pub mod arn;
+pub mod lifecycle;
 pub mod resource;
+pub mod template;
 pub mod version;
 
 pub use arn::Arn;
 pub use resource::{
-    BuilderKind, ComplianceConfiguration, ComplianceException, ComponentConfig, ComponentParameter,
-    ComponentResource, DiskLayoutSpec, Distribution, DistributionConfiguration, ImageRecipe,
-    ImageScanningConfiguration, InfrastructureConfiguration, NetworkPolicy, PartitionSpec, ResourceFile,
-    ScanIgnoreRule, diagnostic_at, load_resource_file, parse_resource_file,
+    AmiDistributionConfiguration, BuilderKind, ComplianceConfiguration, ComplianceException, ComponentConfig,
+    ComponentParameter, ComponentResource, DiskLayoutSpec, Distribution, DistributionConfiguration,
+    ImageRecipe, ImageScanningConfiguration, InfrastructureConfiguration, LaunchPermissionConfiguration,
+    NetworkPolicy, PartitionSpec, ResourceFile, ScanIgnoreRule, diagnostic_at, is_account_id,
+    load_resource_file, parse_resource_file,
 };
 pub use version::{MAX_VERSION_PART, SemVer, VersionError, VersionFilter};
 

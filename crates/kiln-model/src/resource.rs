@@ -391,6 +391,9 @@ fn default_distributions() -> Vec<Distribution> {
         formats: default_formats(),
         store_url: None,
         kms_key_id: None,
+        name: None,
+        tags: BTreeMap::new(),
+        launch_permission: None,
         ami_distribution_configuration: None,
     }]
 }
@@ -407,8 +410,87 @@ pub struct Distribution {
     pub store_url: Option<String>,
     #[serde(default)]
     pub kms_key_id: Option<String>,
+    /// kiln shorthand for `amiDistributionConfiguration.name`: the image's name in this region,
+    /// a template (see [`crate::template`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// kiln shorthand for `amiDistributionConfiguration.amiTags`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// kiln shorthand for `amiDistributionConfiguration.launchPermission`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_permission: Option<LaunchPermissionConfiguration>,
     #[serde(default)]
-    pub ami_distribution_configuration: Option<serde_json::Value>,
+    pub ami_distribution_configuration: Option<AmiDistributionConfiguration>,
+}
+
+impl Distribution {
+    /// The name template of this target: the shorthand `name`, else the AMI configuration's.
+    pub fn name_template(&self) -> Option<&str> {
+        self.name.as_deref().or(self.ami_distribution_configuration.as_ref().and_then(|a| a.name.as_deref()))
+    }
+
+    /// The tags this target puts on the image: `amiTags`, then the shorthand `tags` (which win).
+    pub fn image_tags(&self) -> BTreeMap<String, String> {
+        let mut tags =
+            self.ami_distribution_configuration.as_ref().map(|a| a.ami_tags.clone()).unwrap_or_default();
+        tags.extend(self.tags.clone());
+        tags
+    }
+
+    /// The accounts (or `all`) this target grants launch permission to: `userIds`, `all` for
+    /// `userGroups: [all]`, and `targetAccountIds` (kiln has one catalogue, so the accounts an
+    /// AMI would be copied to get launch permission on the one image instead).
+    pub fn launch_principals(&self) -> Vec<String> {
+        let ami = self.ami_distribution_configuration.as_ref();
+        let mut out: Vec<String> = Vec::new();
+        for lp in self.launch_permission.iter().chain(ami.and_then(|a| a.launch_permission.as_ref())) {
+            out.extend(lp.user_ids.iter().cloned());
+            out.extend(lp.user_groups.iter().map(|g| g.to_ascii_lowercase()));
+        }
+        out.extend(ami.map(|a| a.target_account_ids.clone()).unwrap_or_default());
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Image Builder's `AmiDistributionConfiguration`: the output image in one region.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AmiDistributionConfiguration {
+    /// The image's name in the region, a template (see [`crate::template`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_account_ids: Vec<String>,
+    /// Tags put on the image; values may use the template variables (dynamic tags).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ami_tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_permission: Option<LaunchPermissionConfiguration>,
+}
+
+/// Image Builder's `LaunchPermissionConfiguration`: who may launch the image.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LaunchPermissionConfiguration {
+    /// 12-digit account ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_ids: Vec<String>,
+    /// Only `all` (public).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_groups: Vec<String>,
+    /// Not supported by kiln (no organizations); an error when given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organization_arns: Vec<String>,
+    /// Not supported by kiln (no organizations); an error when given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organizational_unit_arns: Vec<String>,
 }
 
 fn default_formats() -> Vec<String> {
@@ -552,6 +634,80 @@ fn check(file: &str, root: &Node, r: &ResourceFile) -> Vec<Diagnostic> {
             }
         }
     }
+    for (i, d) in r.distribution_configuration.distributions.iter().enumerate() {
+        let base = [Key("distributionConfiguration"), Key("distributions"), Index(i)];
+        let at_field = |fields: &[&str]| {
+            let mut path = base.to_vec();
+            path.extend(fields.iter().map(|f| Key(f)));
+            at(&path)
+        };
+        let ami = d.ami_distribution_configuration.as_ref();
+        let templates = [
+            (d.name.as_deref(), vec!["name"]),
+            (ami.and_then(|a| a.name.as_deref()), vec!["amiDistributionConfiguration", "name"]),
+        ];
+        for (template, path) in templates {
+            if let Some(Err(e)) = template.map(crate::template::check) {
+                diags.push(Diagnostic::new(file, at_field(&path), e.to_string()));
+            }
+        }
+        let tag_maps = [
+            (&d.tags, vec!["tags"]),
+            (
+                &ami.map(|a| a.ami_tags.clone()).unwrap_or_default(),
+                vec!["amiDistributionConfiguration", "amiTags"],
+            ),
+        ];
+        for (tags, path) in tag_maps {
+            for (key, value) in tags {
+                if let Err(e) = crate::template::check(value) {
+                    let mut p = path.clone();
+                    p.push(key.as_str());
+                    diags.push(Diagnostic::new(file, at_field(&p), e.to_string()));
+                }
+            }
+        }
+        let permissions = [
+            (d.launch_permission.as_ref(), vec!["launchPermission"]),
+            (
+                ami.and_then(|a| a.launch_permission.as_ref()),
+                vec!["amiDistributionConfiguration", "launchPermission"],
+            ),
+        ];
+        for (lp, path) in permissions {
+            let Some(lp) = lp else { continue };
+            let mut field = |name: &str, message: String| {
+                let mut p = path.clone();
+                p.push(name);
+                diags.push(Diagnostic::new(file, at_field(&p), message));
+            };
+            if let Some(bad) = lp.user_ids.iter().find(|u| !is_account_id(u)) {
+                field(
+                    "userIds",
+                    format!("`{bad}` is not an account id (twelve digits, such as 111122223333)"),
+                );
+            }
+            if let Some(bad) = lp.user_groups.iter().find(|g| !g.eq_ignore_ascii_case("all")) {
+                field("userGroups", format!("unknown user group `{bad}`: the only group is `all` (public)"));
+            }
+            if !lp.organization_arns.is_empty() {
+                field("organizationArns", "kiln has no organizations: share with `userIds` instead".into());
+            }
+            if !lp.organizational_unit_arns.is_empty() {
+                field(
+                    "organizationalUnitArns",
+                    "kiln has no organizations: share with `userIds` instead".into(),
+                );
+            }
+        }
+        if let Some(bad) = ami.and_then(|a| a.target_account_ids.iter().find(|u| !is_account_id(u))) {
+            diags.push(Diagnostic::new(
+                file,
+                at_field(&["amiDistributionConfiguration", "targetAccountIds"]),
+                format!("`{bad}` is not an account id (twelve digits, such as 111122223333)"),
+            ));
+        }
+    }
     for (i, rule) in r.image_scanning_configuration.ignore.iter().enumerate() {
         let at_rule = |field| at(&[Key("imageScanningConfiguration"), Key("ignore"), Index(i), Key(field)]);
         if rule.vulnerability_id.trim().is_empty() {
@@ -626,6 +782,11 @@ fn check(file: &str, root: &Node, r: &ResourceFile) -> Vec<Diagnostic> {
     }
     diags.sort_by_key(|d| (d.line, d.column));
     diags
+}
+
+/// Whether `s` is an account id: twelve ASCII digits, as AWS's.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A diagnostic at a field of the resource file at `path`, for problems found after parsing
@@ -709,6 +870,33 @@ distributionConfiguration:
 
     fn errors(text: &str) -> Vec<String> {
         parse_resource_file("r.yml", text).unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn distribution_names_tags_and_launch_permissions() {
+        let text = GOOD.replace(
+            "      formats: [qcow2, raw]\n",
+            "      formats: [qcow2, raw]\n      name: \"web-{{imagebuilder:buildDate}}\"\n      tags: { team: web }\n      amiDistributionConfiguration:\n        amiTags: { team: ops, built: \"{{ imagebuilder:buildVersion }}\" }\n        launchPermission: { userIds: [\"111111111111\"], userGroups: [all] }\n        targetAccountIds: [\"222222222222\"]\n",
+        );
+        let r = parse_resource_file("r.yml", &text).unwrap();
+        let d = &r.distribution_configuration.distributions[0];
+        assert_eq!(d.name_template(), Some("web-{{imagebuilder:buildDate}}"));
+        let tags = d.image_tags();
+        let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(tags, [("built", "{{ imagebuilder:buildVersion }}"), ("team", "web")]);
+        assert_eq!(d.launch_principals(), ["111111111111", "222222222222", "all"]);
+
+        let bad = text
+            .replace("{{imagebuilder:buildDate}}", "{{imagebuilder:date}}")
+            .replace("\"111111111111\"", "\"1111\"")
+            .replace("userGroups: [all]", "userGroups: [friends]");
+        let e = errors(&bad);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("r.yml:33:13: unknown variable `{{imagebuilder:date}}`"), "{e:?}");
+        assert!(
+            e[1].contains("`1111` is not an account id") && e[2].contains("unknown user group `friends`"),
+            "{e:?}"
+        );
     }
 
     #[test]

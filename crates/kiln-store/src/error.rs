@@ -95,6 +95,10 @@ pub enum StoreError {
     #[error("image recipe {name} version {version} not found; `kiln` lists recipes with their versions")]
     RecipeNotFound { name: String, version: Version },
 
+    /// A value given to the store is not one it accepts (a malformed launch permission).
+    #[error("invalid {what}: {detail}")]
+    InvalidInput { what: String, detail: String },
+
     /// No image matches.
     #[error("image {what} not found; `kiln image list` shows the images that exist")]
     ImageNotFound { what: String },

@@ -170,14 +170,17 @@ pub struct StateChange {
 }
 
 /// Which images [`Store::list_images`] returns; every given field must match. DELETED
-/// images are left out unless `state` is `Some(DELETED)`.
+/// images are left out unless `state` is `Some(DELETED)` or `include_deleted`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageFilter {
     pub name: Option<String>,
     pub version: Option<Version>,
     pub state: Option<ImageState>,
-    /// A tag key, and the value it must have (any value when `None`).
-    pub tag: Option<(String, Option<String>)>,
+    /// Tags the image must all have: a key, and the value it must have (any value when
+    /// `None`).
+    pub tags: Vec<(String, Option<String>)>,
+    /// Also list DELETED images (their records stay after a deletion).
+    pub include_deleted: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -408,7 +411,11 @@ impl Store {
         }
         match filter.state {
             Some(state) => cond("state", state.as_str().to_owned(), "="),
+            None if filter.include_deleted => {}
             None => cond("state", Deleted.as_str().to_owned(), "<>"),
+        }
+        if conditions.is_empty() {
+            conditions.push("1 = 1".to_owned());
         }
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE {} \
@@ -425,11 +432,10 @@ impl Store {
         let mut images = Vec::with_capacity(rows.len());
         for row in rows {
             let image = row.into_image()?;
-            let keep = match &filter.tag {
-                None => true,
-                Some((key, None)) => image.tags.contains_key(key),
-                Some((key, Some(value))) => image.tags.get(key) == Some(value),
-            };
+            let keep = filter.tags.iter().all(|(key, value)| match value {
+                None => image.tags.contains_key(key),
+                Some(value) => image.tags.get(key) == Some(value),
+            });
             if keep {
                 images.push(image);
             }

@@ -1,6 +1,7 @@
 //! kiln's state: the catalogue (components, image recipes, images with their build
 //! numbers and state history, their inventories, vulnerability scans and findings, and the
-//! images a rescan marked as needing a rebuild), the job queue that `kiln worker`s claim from, and the index
+//! images a rescan marked as needing a rebuild, launch permissions, names per region, usage
+//! per account), the job queue that `kiln worker`s claim from, and the index
 //! of the layer cache, all behind one storage interface, [`Store`]. It holds names,
 //! versions, digests, states and opaque JSON bodies; it does not know what a component
 //! document says, how a sandbox runs or what a disk holds. Today the backend is SQLite
@@ -25,6 +26,7 @@ mod layers;
 mod recipes;
 mod regions;
 mod scans;
+mod sharing;
 mod usage;
 
 use std::collections::BTreeMap;
@@ -47,7 +49,8 @@ pub use layers::Layer;
 pub use recipes::{NewRecipe, Recipe};
 pub use regions::ImageRegion;
 pub use scans::{FindingFilter, NewScan, NewScanFinding, RebuildMark, Scan, ScanFinding, ScanTrigger};
-pub use usage::UsageEvent;
+pub use sharing::{ALL_ACCOUNTS, is_account_id, is_valid_principal, may_use};
+pub use usage::{UsageEvent, UsageSummary};
 
 /// Resource tags: key → value, kept sorted.
 pub type Tags = BTreeMap<String, String>;

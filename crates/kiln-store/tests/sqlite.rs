@@ -23,6 +23,8 @@ async fn sqlite_store() -> (Store, TempDir) {
 conformance_tests! {
     sqlite_store;
     usage_is_recorded_per_image_in_order,
+    launch_permissions_and_region_names_are_kept_per_image,
+    list_images_matches_every_tag_and_can_include_deleted,
     image_regions_record_the_last_outcome_per_region,
     image_output_location_is_recorded_before_the_manifest,
     migrations_applied_on_open,

@@ -1,4 +1,4 @@
-//! `kiln image list|show`.
+//! `kiln image`: list, show, tag, share, usage, distribute, verify, pull.
 
 use std::process::ExitCode;
 
@@ -11,8 +11,8 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
     let kiln = Kiln::open(home)?;
     let store = kiln.store();
     match cmd {
-        ImageCommand::List { name, json } => {
-            let filter = kiln_store::ImageFilter { name, ..Default::default() };
+        ImageCommand::List { name, tags, all, json } => {
+            let filter = kiln_store::ImageFilter { name, tags, include_deleted: all, ..Default::default() };
             let images = kiln.block_on(store.list_images(&filter))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&images)?);
@@ -39,6 +39,10 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
             let scan = kiln.block_on(store.latest_scan(&found.arn))?;
             let rebuild = kiln.block_on(store.needs_rebuild(&found.arn))?;
             let regions = kiln.block_on(store.image_regions(&found.arn))?;
+            let permissions = kiln.block_on(store.launch_permissions(&found.arn))?;
+            let names = kiln.block_on(store.image_region_names(&found.arn))?;
+            let names_json: serde_json::Map<String, serde_json::Value> =
+                names.iter().map(|(r, n)| (r.clone(), n.clone().into())).collect();
             if json {
                 // The latest scan without its findings (`kiln scan` lists those).
                 let scan = scan.map(|s| {
@@ -52,7 +56,7 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "image": found, "history": history, "scan": scan, "needsRebuild": rebuild, "usage": usage,
-                        "regions": regions,
+                        "regions": regions, "launchPermissions": permissions, "names": names_json,
                     }))?
                 );
             } else {
@@ -63,6 +67,26 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                     found.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
                 );
                 println!("  created:  {}", found.created_at);
+                println!("  owner:    {}", found.account);
+                if !permissions.is_empty() {
+                    println!("  shared:   {}", permissions.join(", "));
+                }
+                if !found.tags.is_empty() {
+                    let tags: Vec<String> = found.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!("  tags:     {}", tags.join(", "));
+                }
+                for (region, name) in &names {
+                    println!("  name:     {name} (region {region})");
+                }
+                for r in &regions {
+                    println!(
+                        "  region:   {} {} {}{}",
+                        r.region,
+                        r.state,
+                        r.store_url,
+                        r.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
+                    );
+                }
                 if let Some(dir) = &found.output_location {
                     println!("  output:   {dir}");
                 }
@@ -103,7 +127,39 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                     println!("  {}  {:<10} {}", h.at, h.to.as_str(), h.reason.as_deref().unwrap_or_default());
                 }
                 for u in &usage {
-                    println!("  {}  {:<10} {}", u.at, u.kind, u.details);
+                    println!("  {}  {:<10} {} {}", u.at, u.kind, u.account, u.details);
+                }
+            }
+        }
+        ImageCommand::Tag { image, tags } => {
+            let found = kiln.find_image(&image)?;
+            let mut all = found.tags.clone();
+            all.extend(tags);
+            kiln.block_on(store.set_image_tags(&found.arn, &all))?;
+            println!("{}: {}", found.arn, tag_list(&all));
+        }
+        ImageCommand::Untag { image, keys } => {
+            let found = kiln.find_image(&image)?;
+            let mut all = found.tags.clone();
+            for k in &keys {
+                all.remove(k);
+            }
+            kiln.block_on(store.set_image_tags(&found.arn, &all))?;
+            println!("{}: {}", found.arn, tag_list(&all));
+        }
+        ImageCommand::Share { image, accounts, all } => return share(&kiln, &image, accounts, all, true),
+        ImageCommand::Unshare { image, accounts, all } => return share(&kiln, &image, accounts, all, false),
+        ImageCommand::Usage { image, json } => {
+            let arn = image.map(|i| kiln.find_image(&i)).transpose()?.map(|i| i.arn);
+            let summary = kiln.block_on(store.usage_summary(arn.as_deref(), "launch"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else if summary.is_empty() {
+                eprintln!("no launches recorded{}", arn.map(|a| format!(" for {a}")).unwrap_or_default());
+            } else {
+                println!("{:<64} {:<12} {:>8}  LAST LAUNCH", "IMAGE", "ACCOUNT", "LAUNCHES");
+                for u in &summary {
+                    println!("{:<64} {:<12} {:>8}  {}", u.image_arn, u.account, u.count, u.last_at);
                 }
             }
         }
@@ -168,8 +224,20 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::from(crate::EXIT_FAILED));
             }
         }
-        ImageCommand::Pull { image, region, out } => {
+        ImageCommand::Pull { image, region, out, account } => {
             let found = kiln.find_image(&image)?;
+            match kiln.check_access(&found, account.as_deref(), "pull") {
+                Ok(warning) => {
+                    if let Some(w) = warning {
+                        eprintln!("warning: {w}");
+                    }
+                }
+                Err(kiln_build::BuildError::Access(e)) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(crate::EXIT_FAILED));
+                }
+                Err(e) => return Err(e.into()),
+            }
             let keyring = kiln.keyring()?;
             let trusted = keyring.signing_key()?.verifying_key();
             let target = kiln.region_target(&found, &region)?;
@@ -181,6 +249,9 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                 Some(&out),
             )) {
                 Ok(v) => {
+                    let details = serde_json::json!({ "region": region });
+                    let by = account.as_deref().unwrap_or(&found.account);
+                    kiln.block_on(store.record_usage(&found.arn, "pull", by, &details))?;
                     println!("pulled {} artifact(s), {} bytes, into {}", v.artifacts, v.bytes, out.display())
                 }
                 Err(e) => {
@@ -191,6 +262,50 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln image share` (`sharing`) and `unshare`. Only the owner may change who can use an
+/// image: KILN_ACCOUNT, when set, must be the owner.
+fn share(kiln: &Kiln, image: &str, accounts: Vec<String>, all: bool, sharing: bool) -> Result<ExitCode> {
+    let store = kiln.store();
+    let found = kiln.find_image(image)?;
+    if let Some(acting) = std::env::var("KILN_ACCOUNT").ok().filter(|a| !a.is_empty())
+        && acting != found.account
+    {
+        eprintln!(
+            "error: account {acting} may not change who can use image {}: only its owner, {}, can",
+            found.arn, found.account
+        );
+        return Ok(ExitCode::from(crate::EXIT_FAILED));
+    }
+    let mut principals = accounts;
+    if all {
+        principals.push(kiln_store::ALL_ACCOUNTS.to_string());
+    }
+    if let Some(bad) = principals.iter().find(|p| !kiln_store::is_valid_principal(p)) {
+        eprintln!("error: `{bad}` is not an account id (twelve digits, such as 111122223333)");
+        return Ok(ExitCode::from(2));
+    }
+    if sharing {
+        kiln.block_on(store.add_launch_permissions(&found.arn, &principals))?;
+    } else {
+        kiln.block_on(store.remove_launch_permissions(&found.arn, &principals))?;
+    }
+    let now = kiln.block_on(store.launch_permissions(&found.arn))?;
+    println!(
+        "{}: launch permission: owner {}{}",
+        found.arn,
+        found.account,
+        if now.is_empty() { String::new() } else { format!(", {}", now.join(", ")) }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tag_list(tags: &kiln_store::Tags) -> String {
+    if tags.is_empty() {
+        return "no tags".into();
+    }
+    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
 }
 
 fn image_ref(image: &kiln_store::Image) -> kiln_dist::ImageRef {

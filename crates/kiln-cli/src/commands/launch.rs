@@ -15,6 +15,15 @@ pub fn run(home: &Path, args: LaunchArgs) -> Result<ExitCode> {
         (Path::new(&args.target).to_path_buf(), None)
     } else {
         let image = kiln.find_image(&args.target)?;
+        match kiln.check_access(&image, args.account.as_deref(), "launch") {
+            Ok(Some(warning)) => eprintln!("warning: {warning}"),
+            Ok(None) => {}
+            Err(kiln_build::BuildError::Access(e)) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(crate::EXIT_FAILED));
+            }
+            Err(e) => return Err(e.into()),
+        }
         (kiln.image_disk(&image, &["qcow2", "raw"])?, Some(image))
     };
     let infra: kiln_model::InfrastructureConfiguration = image
@@ -41,7 +50,8 @@ pub fn run(home: &Path, args: LaunchArgs) -> Result<ExitCode> {
             "sshPort": args.ssh_port,
             "cloudInitSeed": args.user_data.is_some() || args.meta_data.is_some(),
         });
-        kiln.block_on(kiln.store().record_usage(&image.arn, "launch", &details))
+        let account = args.account.as_deref().unwrap_or(&image.account);
+        kiln.block_on(kiln.store().record_usage(&image.arn, "launch", account, &details))
             .with_context(|| format!("cannot record the launch of {}", image.arn))?;
     }
     if !args.detach {

@@ -7,6 +7,7 @@ pub mod component;
 pub mod image;
 pub mod key;
 pub mod launch;
+pub mod lifecycle;
 pub mod scan;
 pub mod target;
 pub mod test;

@@ -434,7 +434,8 @@ pub async fn image_list_filters(store: &Store) {
             name: name.map(Into::into),
             version: version.map(v),
             state,
-            tag: tag.map(|(k, v)| (k.to_string(), v.map(Into::into))),
+            tags: tag.map(|(k, v)| (k.to_string(), v.map(Into::into))).into_iter().collect(),
+            include_deleted: false,
         };
     let cases = [
         (f(Some("web"), None, None, None), vec![&w1, &w2]),
@@ -726,9 +727,9 @@ pub async fn layer_index_touch_prune_remove(store: &Store) {
 pub async fn usage_is_recorded_per_image_in_order(store: &Store) {
     let a = "arn:aws:imagebuilder:local:000000000000:image/a/1.0.0/1";
     let b = "arn:aws:imagebuilder:local:000000000000:image/b/1.0.0/1";
-    let first = store.record_usage(a, "launch", &json!({ "sshPort": 2222 })).await.unwrap();
-    let second = store.record_usage(b, "launch", &json!({})).await.unwrap();
-    let third = store.record_usage(a, "launch", &json!({ "detached": true })).await.unwrap();
+    let first = store.record_usage(a, "launch", "000000000000", &json!({ "sshPort": 2222 })).await.unwrap();
+    let second = store.record_usage(b, "launch", "111111111111", &json!({})).await.unwrap();
+    let third = store.record_usage(a, "launch", "111111111111", &json!({ "detached": true })).await.unwrap();
     assert!(first < second && second < third);
     let of_a = store.list_usage(Some(a)).await.unwrap();
     assert_eq!(of_a.iter().map(|e| e.id).collect::<Vec<_>>(), [first, third]);
@@ -736,6 +737,77 @@ pub async fn usage_is_recorded_per_image_in_order(store: &Store) {
     assert!(of_a.iter().all(|e| e.kind == "launch" && e.image_arn == a));
     assert_eq!(store.list_usage(None).await.unwrap().len(), 3);
     assert!(store.list_usage(Some("arn:none")).await.unwrap().is_empty());
+    assert_eq!(of_a[1].account, "111111111111");
+
+    // The summary: one row per image and account, with the count and the last time.
+    store.record_usage(a, "launch", "111111111111", &json!({})).await.unwrap();
+    store.record_usage(a, "pull", "111111111111", &json!({})).await.unwrap();
+    let summary = store.usage_summary(Some(a), "launch").await.unwrap();
+    let rows: Vec<(&str, u64)> = summary.iter().map(|s| (s.account.as_str(), s.count)).collect();
+    assert_eq!(rows, [("000000000000", 1), ("111111111111", 2)]);
+    let last_of_111 = store.list_usage(Some(a)).await.unwrap().into_iter().rfind(|e| e.kind == "launch");
+    assert_eq!(Some(summary[1].last_at), last_of_111.map(|e| e.at));
+    assert_eq!(store.usage_summary(None, "launch").await.unwrap().len(), 3);
+}
+
+pub async fn launch_permissions_and_region_names_are_kept_per_image(store: &Store) {
+    let img = store.create_image(&image("shared", "1.0.0")).await.unwrap();
+    assert!(store.launch_permissions(&img.arn).await.unwrap().is_empty());
+    let grant = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    store.add_launch_permissions(&img.arn, &grant(&["222222222222", "111111111111"])).await.unwrap();
+    // Granting again is not an error and adds nothing.
+    store.add_launch_permissions(&img.arn, &grant(&["111111111111", "all"])).await.unwrap();
+    assert_eq!(store.launch_permissions(&img.arn).await.unwrap(), ["111111111111", "222222222222", "all"]);
+    assert_eq!(store.remove_launch_permissions(&img.arn, &grant(&["all", "333333333333"])).await.unwrap(), 1);
+    assert_eq!(store.launch_permissions(&img.arn).await.unwrap(), ["111111111111", "222222222222"]);
+    assert!(matches!(
+        store.add_launch_permissions(&img.arn, &grant(&["everyone"])).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        store.add_launch_permissions("arn:none", &grant(&["all"])).await,
+        Err(StoreError::ImageNotFound { .. })
+    ));
+
+    store.set_image_region_name(&img.arn, "eu", "web-1").await.unwrap();
+    store.set_image_region_name(&img.arn, "eu", "web-2").await.unwrap();
+    store.set_image_region_name(&img.arn, "ca", "web-ca").await.unwrap();
+    assert_eq!(
+        store.image_region_names(&img.arn).await.unwrap(),
+        [("ca".to_string(), "web-ca".to_string()), ("eu".to_string(), "web-2".to_string())]
+    );
+    assert!(matches!(
+        store.set_image_region_name("arn:none", "eu", "x").await,
+        Err(StoreError::ImageNotFound { .. })
+    ));
+}
+
+pub async fn list_images_matches_every_tag_and_can_include_deleted(store: &Store) {
+    let mut a = image("t", "1.0.0");
+    a.tags = tags(&[("env", "prod"), ("team", "web")]);
+    let a = store.create_image(&a).await.unwrap();
+    let mut b = image("t", "1.0.0");
+    b.tags = tags(&[("env", "prod")]);
+    let b = store.create_image(&b).await.unwrap();
+    let f = |t: &[(&str, Option<&str>)]| ImageFilter {
+        tags: t.iter().map(|(k, v)| (k.to_string(), v.map(String::from))).collect(),
+        ..Default::default()
+    };
+    let arns = |images: Vec<kiln_store::Image>| images.into_iter().map(|i| i.arn).collect::<Vec<_>>();
+    assert_eq!(
+        arns(store.list_images(&f(&[("env", Some("prod"))])).await.unwrap()),
+        [a.arn.clone(), b.arn.clone()]
+    );
+    assert_eq!(
+        arns(store.list_images(&f(&[("env", Some("prod")), ("team", None)])).await.unwrap()),
+        std::slice::from_ref(&a.arn)
+    );
+    assert!(store.list_images(&f(&[("env", Some("dev"))])).await.unwrap().is_empty());
+    store.transition(&b.arn, ImageState::Cancelled, None).await.unwrap();
+    store.transition(&b.arn, ImageState::Deleted, Some("lifecycle policy p")).await.unwrap();
+    assert_eq!(arns(store.list_images(&ImageFilter::default()).await.unwrap()), std::slice::from_ref(&a.arn));
+    let all = ImageFilter { include_deleted: true, ..Default::default() };
+    assert_eq!(arns(store.list_images(&all).await.unwrap()), [a.arn.clone(), b.arn.clone()]);
 }
 
 pub async fn image_output_location_is_recorded_before_the_manifest(store: &Store) {
