@@ -62,6 +62,7 @@ if [[ "${1:-}" == "--test" ]]; then
   # the official CycloneDX and SPDX validators for the SBOMs.
   pip_need=()
   python3 -c 'import moto.server' >/dev/null 2>&1 || pip_need+=('moto[server]')
+  python3 -c 'import botocore' >/dev/null 2>&1 || pip_need+=('botocore')
   python3 -c 'import cyclonedx.validation.json' >/dev/null 2>&1 || pip_need+=('cyclonedx-python-lib[json-validation]')
   python3 -c 'import spdx_tools' >/dev/null 2>&1 || pip_need+=('spdx-tools')
   if ((${#pip_need[@]})); then
