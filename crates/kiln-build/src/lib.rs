@@ -13,11 +13,15 @@
 //! records every state transition. It knows recipes and stages, not how any one stage works:
 //! that belongs to kiln-parent, kiln-sandbox, kiln-component, kiln-image, kiln-scan and
 //! kiln-store.
+//!
+//! It also decides when an image pipeline builds ([`schedule`]: its cron slot and start
+//! condition, rebuilds on fixes), from what changed since its latest image ([`dependencies`]).
 
 pub mod builtin;
 pub mod catalogue;
 pub mod cleanup;
 pub mod compliance;
+pub mod dependencies;
 pub mod distribute;
 pub mod guest_compliance;
 pub mod layers;
@@ -25,6 +29,7 @@ pub mod lifecycle;
 mod pipeline;
 pub mod run;
 pub mod scan;
+pub mod schedule;
 pub mod test_stage;
 mod vm_build;
 
