@@ -1,8 +1,7 @@
 //! kiln-api owns the Image Builder HTTP API of `kiln serve` up to the point where an operation
 //! runs: AWS Signature Version 4 verification of every request (header and presigned forms),
 //! IAM-style JSON policies and their evaluation (`imagebuilder:<Operation>` on a resource ARN),
-//! the AWS error shapes of the restJson1 protocol, the cron expressions of image pipeline
-//! schedules with their next fire times in a time zone, and the axum router that maps each
+//! the AWS error shapes of the restJson1 protocol, and the axum router that maps each
 //! operation of the service model (method and path) to its name and hands authenticated,
 //! authorised calls to an [`server::Operations`] implementation. It must not know how
 //! operations are carried out or where state lives: no kiln-store, no builds, no files;
@@ -11,7 +10,6 @@
 pub mod error;
 pub mod operations;
 pub mod policy;
-pub mod schedule;
 pub mod server;
 pub mod sigv4;
 

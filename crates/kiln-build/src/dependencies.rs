@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_host::{ExecRequest, Host};
-use kiln_model::{Arn, ResourceFile, SemVer, VersionFilter};
+use kiln_model::{ResourceFile, SemVer, VersionFilter};
 use kiln_sandbox::{Network, RootSpec, Sandbox, SandboxConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -642,23 +642,18 @@ impl Kiln {
     ) -> Result<Option<(String, String, String)>, DependencyError> {
         let fail =
             |name: &str, message: String| DependencyError::Component { name: name.to_string(), message };
-        if reference.ends_with(".yml") || reference.ends_with(".yaml") {
-            let Some(base) = base_dir else { return Ok(None) };
-            let path = base.join(reference.strip_prefix("file://").unwrap_or(reference));
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| io("reading component document", &path, e))?;
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            return Ok(Some((name, "file".into(), sha256_hex(text.as_bytes()))));
-        }
-        let (name, filter) = match Arn::parse(reference) {
-            Some(arn) if arn.resource_type == "component" => {
-                (arn.name, arn.version.unwrap_or("x.x.x".into()))
+        let (name, filter) = match crate::pipeline::parse_component_ref(reference)
+            .map_err(|message| fail(reference, message))?
+        {
+            crate::pipeline::ComponentRef::Document(rel) => {
+                let Some(base) = base_dir else { return Ok(None) };
+                let path = base.join(rel);
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| io("reading component document", &path, e))?;
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                return Ok(Some((name, "file".into(), sha256_hex(text.as_bytes()))));
             }
-            Some(_) => return Err(fail(reference, "not a component ARN".into())),
-            None => match reference.split_once('/') {
-                Some((n, v)) => (n.to_string(), v.to_string()),
-                None => (reference.to_string(), "x.x.x".to_string()),
-            },
+            crate::pipeline::ComponentRef::Catalogue { name, filter } => (name, filter),
         };
         let filter = VersionFilter::parse(&filter).map_err(|e| fail(&name, e.to_string()))?;
         // Candidates: the catalogue, kiln's built-ins (a newer kiln may ship versions a build
@@ -728,7 +723,7 @@ impl Kiln {
                 kiln_parent::ParentRef::Managed { suite, .. },
                 RecordedParent::Bootstrap { spec: had, packages },
             ) => {
-                let spec = bootstrap_spec(*suite, file);
+                let spec = crate::pipeline::bootstrap_spec(*suite, file);
                 let mut now = serde_json::to_value(&spec).unwrap_or_default();
                 let mut had = had;
                 // The clamp of file times is the build's, not a dependency.
@@ -796,21 +791,6 @@ impl Kiln {
             )),
         }
     }
-}
-
-/// The bootstrap spec a build of `file` uses (the build's reading, `pipeline.rs`
-/// `base_layers`, without the time clamp).
-fn bootstrap_spec(suite: kiln_parent::Suite, file: &ResourceFile) -> kiln_parent::BootstrapSpec {
-    let recipe = &file.image_recipe;
-    let mut spec = kiln_parent::BootstrapSpec::new(suite);
-    if let Some(m) = &recipe.mirror {
-        spec.mirror = m.clone();
-    }
-    if let Some(p) = &recipe.packages {
-        spec.add_packages(p.include.iter().cloned());
-        spec.remove_packages(p.exclude.iter());
-    }
-    spec
 }
 
 fn recorded_parent(manifest: &serde_json::Value, kiln: &Kiln) -> Option<RecordedParent> {

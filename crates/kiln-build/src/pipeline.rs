@@ -329,34 +329,71 @@ impl Kiln {
         cfg: &ComponentConfig,
         base_dir: &Path,
     ) -> Result<(String, String, String), BuildError> {
-        let reference = cfg.component_arn.as_str();
-        if reference.ends_with(".yml") || reference.ends_with(".yaml") {
-            let path = base_dir.join(reference.strip_prefix("file://").unwrap_or(reference));
-            let text = fs::read_to_string(&path)
-                .map_err(|e| BuildError::io("reading component document", &path, e))?;
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            return Ok((name, "file".into(), text));
+        match parse_component_ref(&cfg.component_arn).map_err(BuildError::Component)? {
+            ComponentRef::Document(rel) => {
+                let path = base_dir.join(rel);
+                let text = fs::read_to_string(&path)
+                    .map_err(|e| BuildError::io("reading component document", &path, e))?;
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                Ok((name, "file".into(), text))
+            }
+            ComponentRef::Catalogue { name, filter } => {
+                let filter =
+                    VersionFilter::parse(&filter).map_err(|e| BuildError::Component(e.to_string()))?;
+                let component = self
+                    .block_on(self.store.resolve_component(&name, &filter))
+                    .map_err(|e| BuildError::Component(format!("component {name}/{filter}: {e}")))?;
+                Ok((name, component.version.to_string(), component.document))
+            }
         }
-        let (name, filter) = match Arn::parse(reference) {
-            Some(arn) if arn.resource_type == "component" => {
-                (arn.name, arn.version.unwrap_or("x.x.x".into()))
-            }
-            Some(_) => {
-                return Err(BuildError::Component(format!(
-                    "`{reference}` is not a component ARN (arn:aws:imagebuilder:REGION:ACCOUNT:component/NAME/VERSION)"
-                )));
-            }
-            None => match reference.split_once('/') {
-                Some((n, v)) => (n.to_string(), v.to_string()),
-                None => (reference.to_string(), "x.x.x".to_string()),
-            },
-        };
-        let filter = VersionFilter::parse(&filter).map_err(|e| BuildError::Component(e.to_string()))?;
-        let component = self
-            .block_on(self.store.resolve_component(&name, &filter))
-            .map_err(|e| BuildError::Component(format!("component {name}/{filter}: {e}")))?;
-        Ok((name, component.version.to_string(), component.document))
     }
+}
+
+/// What a recipe's component reference names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ComponentRef {
+    /// A document file, relative to the resource file's folder.
+    Document(String),
+    /// A catalogued component and a version filter (`x.x.x` when none is given).
+    Catalogue { name: String, filter: String },
+}
+
+/// Reads a reference as builds do: a `.yml`/`.yaml` path (optionally `file://`), a component
+/// ARN, `NAME/FILTER` or a bare name.
+pub(crate) fn parse_component_ref(reference: &str) -> Result<ComponentRef, String> {
+    if reference.ends_with(".yml") || reference.ends_with(".yaml") {
+        return Ok(ComponentRef::Document(
+            reference.strip_prefix("file://").unwrap_or(reference).to_string(),
+        ));
+    }
+    let (name, filter) = match Arn::parse(reference) {
+        Some(arn) if arn.resource_type == "component" => (arn.name, arn.version.unwrap_or("x.x.x".into())),
+        Some(_) => {
+            return Err(format!(
+                "`{reference}` is not a component ARN (arn:aws:imagebuilder:REGION:ACCOUNT:component/NAME/VERSION)"
+            ));
+        }
+        None => match reference.split_once('/') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None => (reference.to_string(), "x.x.x".to_string()),
+        },
+    };
+    Ok(ComponentRef::Catalogue { name, filter })
+}
+
+/// The bootstrap a build of `file` on a managed parent of `suite` starts from (before the
+/// time clamp).
+pub(crate) fn bootstrap_spec(suite: kiln_parent::Suite, file: &ResourceFile) -> kiln_parent::BootstrapSpec {
+    let recipe = &file.image_recipe;
+    let mut spec = kiln_parent::BootstrapSpec::new(suite);
+    if let Some(m) = &recipe.mirror {
+        spec.mirror = m.clone();
+    }
+    if let Some(p) = &recipe.packages {
+        spec.add_packages(p.include.iter().cloned());
+        spec.remove_packages(p.exclude.iter());
+    }
+    spec
 }
 
 fn disk_layout(file: &ResourceFile) -> Result<kiln_image::DiskLayout, BuildError> {
@@ -882,7 +919,6 @@ impl BuildCtx<'_> {
     /// Returns `(content keys, stored keys, what the parent is)`; see [`BuildCtx::stored`].
     fn base_layers(&self) -> Result<(Vec<String>, Vec<String>, serde_json::Value), BuildError> {
         let cache = &self.kiln.layers;
-        let recipe = &self.file.image_recipe;
         let into_layer = |key: &str, make: &dyn Fn(&Path) -> Result<serde_json::Value, BuildError>| {
             let key = &self.stored(key);
             if cache.get(key).is_some() {
@@ -900,14 +936,7 @@ impl BuildCtx<'_> {
         };
         match self.parent {
             kiln_parent::ParentRef::Managed { suite, .. } => {
-                let mut spec = kiln_parent::BootstrapSpec::new(*suite);
-                if let Some(m) = &recipe.mirror {
-                    spec.mirror = m.clone();
-                }
-                if let Some(p) = &recipe.packages {
-                    spec.add_packages(p.include.iter().cloned());
-                    spec.remove_packages(p.exclude.iter());
-                }
+                let mut spec = bootstrap_spec(*suite, self.file);
                 spec.source_date_epoch = self.req.source_date_epoch.and_then(|e| u64::try_from(e).ok());
                 spec.validate().map_err(|e| BuildError::Parent(e.to_string()))?;
                 let key = layers::key(&[("bootstrap", &kiln_parent::bootstrap_key(&spec))]);

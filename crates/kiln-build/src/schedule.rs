@@ -4,7 +4,7 @@
 //! ([`decide`]); `kiln serve` calls it on its clock and records what it returns. The rules:
 //!
 //! - The schedule is Image Builder's: a `cron(...)` expression read in an IANA time zone
-//!   (`kiln_api::schedule`, with AWS's daylight-saving behaviour) and a start condition.
+//!   (`kiln_model::schedule`, with AWS's daylight-saving behaviour) and a start condition.
 //!   `EXPRESSION_MATCH_ONLY` builds at every slot; `EXPRESSION_MATCH_AND_DEPENDENCY_UPDATES_AVAILABLE`
 //!   (Image Builder's default) builds at a slot only when [`crate::dependencies`] finds a
 //!   change since the pipeline's latest image, or when there is no image yet.
@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use kiln_api::schedule::{Schedule, ScheduleError};
+use kiln_model::schedule::{Schedule, ScheduleError};
 use serde::Serialize;
 use time::OffsetDateTime;
 

@@ -2,7 +2,8 @@
 //!
 //! This crate owns the shapes a user writes — the resource file `kiln build -f` reads
 //! (components, an image recipe, an infrastructure and a distribution configuration), semantic
-//! versions with Image Builder's `x` wildcards, and ARNs — and their validation, with every
+//! versions with Image Builder's `x` wildcards, ARNs, lifecycle policies and pipeline schedules
+//! (AWS cron expressions) — and their validation, with every
 //! error pointing at `FILE:LINE:COLUMN`. The same shapes are what the API will accept later.
 //! It must not know how a build runs, where state is kept or how disks are made: it describes,
 //! it does not do. Fields Image Builder has no equivalent for are kiln extensions, named as
@@ -11,6 +12,7 @@
 pub mod arn;
 pub mod lifecycle;
 pub mod resource;
+pub mod schedule;
 pub mod template;
 pub mod version;
 

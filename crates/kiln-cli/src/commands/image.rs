@@ -27,7 +27,7 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                         i.version.to_string(),
                         i.build,
                         i.state.as_str(),
-                        i.created_at
+                        when(i.created_at)
                     );
                 }
             }
@@ -66,7 +66,7 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                     found.state.as_str(),
                     found.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
                 );
-                println!("  created:  {}", found.created_at);
+                println!("  created:  {}", when(found.created_at));
                 println!("  owner:    {}", found.account);
                 if !permissions.is_empty() {
                     println!("  shared:   {}", permissions.join(", "));
@@ -124,10 +124,15 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                     println!("  rebuild:  needed since {}: {}", m.marked_at, m.reason);
                 }
                 for h in &history {
-                    println!("  {}  {:<10} {}", h.at, h.to.as_str(), h.reason.as_deref().unwrap_or_default());
+                    println!(
+                        "  {}  {:<10} {}",
+                        when(h.at),
+                        h.to.as_str(),
+                        h.reason.as_deref().unwrap_or_default()
+                    );
                 }
                 for u in &usage {
-                    println!("  {}  {:<10} {} {}", u.at, u.kind, u.account, u.details);
+                    println!("  {}  {:<10} {} {}", when(u.at), u.kind, u.account, u.details);
                 }
             }
         }
@@ -159,7 +164,7 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
             } else {
                 println!("{:<64} {:<12} {:>8}  LAST LAUNCH", "IMAGE", "ACCOUNT", "LAUNCHES");
                 for u in &summary {
-                    println!("{:<64} {:<12} {:>8}  {}", u.image_arn, u.account, u.count, u.last_at);
+                    println!("{:<64} {:<12} {:>8}  {}", u.image_arn, u.account, u.count, when(u.last_at));
                 }
             }
         }
@@ -310,4 +315,18 @@ fn tag_list(tags: &kiln_store::Tags) -> String {
 
 fn image_ref(image: &kiln_store::Image) -> kiln_dist::ImageRef {
     kiln_dist::ImageRef { name: image.name.clone(), version: image.version.to_string(), build: image.build }
+}
+
+/// A catalogue time as people read it: UTC to the second (`2026-11-27 08:55:35Z`).
+fn when(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
