@@ -59,12 +59,14 @@ if [[ "${1:-}" == "--test" ]]; then
     cargo install --locked cargo-nextest
   fi
   # Python tools the tests drive: a real S3-compatible server (moto) for the S3 actions, and
-  # the official CycloneDX and SPDX validators for the SBOMs.
+  # the official CycloneDX and SPDX validators for the SBOMs, and the official Prometheus
+  # client's exposition parsers for kiln-api's /metrics.
   pip_need=()
   python3 -c 'import moto.server' >/dev/null 2>&1 || pip_need+=('moto[server]')
   python3 -c 'import botocore' >/dev/null 2>&1 || pip_need+=('botocore')
   python3 -c 'import cyclonedx.validation.json' >/dev/null 2>&1 || pip_need+=('cyclonedx-python-lib[json-validation]')
   python3 -c 'import spdx_tools' >/dev/null 2>&1 || pip_need+=('spdx-tools')
+  python3 -c 'import prometheus_client' >/dev/null 2>&1 || pip_need+=('prometheus-client')
   if ((${#pip_need[@]})); then
     say "installing Python test tools with pip: ${pip_need[*]}"
     pip3 install --quiet --break-system-packages "${pip_need[@]}" 2>/dev/null \

@@ -18,6 +18,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::observe::CallInfo;
 use crate::operations::{Location, OPERATIONS, Operation};
 use crate::policy::{self, DecidingStatement, Decision, Policy};
 use crate::sigv4::{self, SigV4Error, Verifier};
@@ -169,7 +170,10 @@ async fn handle<C: Credentials, O: Operations>(
     request: Request<Body>,
 ) -> Response {
     let id = request_id();
-    let mut response = match serve(&inner, request, &id).await {
+    // What the monitoring layer (`crate::observe`) reads back from the response: filled in as
+    // the request gets through each check, so refusals are attributed as far as known.
+    let mut info = CallInfo { request_id: id.clone(), ..CallInfo::default() };
+    let mut response = match serve(&inner, request, &id, &mut info).await {
         Ok(output) => {
             let mut response = (StatusCode::OK, output.to_string()).into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -183,6 +187,7 @@ async fn handle<C: Credentials, O: Operations>(
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-amzn-RequestId", value);
     }
+    response.extensions_mut().insert(info);
     response
 }
 
@@ -190,12 +195,14 @@ async fn serve<C: Credentials, O: Operations>(
     inner: &Inner<C, O>,
     request: Request<Body>,
     request_id: &str,
+    info: &mut CallInfo,
 ) -> Result<Value, ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, inner.config.body_limit).await?;
 
     let verifier = &inner.config.verifier;
     let auth = verifier.parse(&parts.uri, &parts.headers)?;
+    info.access_key_id = Some(auth.access_key_id.clone());
     let credential = inner
         .credentials
         .lookup(&auth.access_key_id, auth.security_token.as_deref())
@@ -205,6 +212,8 @@ async fn serve<C: Credentials, O: Operations>(
     let signed =
         sigv4::Request { method: &parts.method, uri: &parts.uri, headers: &parts.headers, body: &body };
     verifier.verify(&auth, &signed, &credential.secret_access_key, now)?;
+    info.account_id = Some(credential.caller.account_id.clone());
+    info.principal_arn = Some(credential.caller.principal_arn.clone());
 
     let (operation, label) = route(&parts.method, parts.uri.path())?;
     let input = build_input(operation, parts.uri.query().unwrap_or(""), label, &body)?;
@@ -214,6 +223,8 @@ async fn serve<C: Credentials, O: Operations>(
         .and_then(Value::as_str)
         .unwrap_or("*")
         .to_owned();
+    info.operation = Some(operation.name);
+    info.resource = Some(resource.clone());
     let caller = credential.caller;
     let action = format!("imagebuilder:{}", operation.name);
     let decision = policy::evaluate(&caller.policies, &action, &resource);
@@ -261,7 +272,7 @@ async fn read_body(headers: &axum::http::HeaderMap, body: Body, limit: usize) ->
 }
 
 /// The operation at `method` and `path`, and the decoded path label if it has one.
-fn route(method: &Method, path: &str) -> Result<(&'static Operation, Option<String>), ApiError> {
+pub(crate) fn route(method: &Method, path: &str) -> Result<(&'static Operation, Option<String>), ApiError> {
     let mut at_path: Vec<&'static Operation> = Vec::new();
     let mut label = None;
     for operation in OPERATIONS {

@@ -1,7 +1,7 @@
 //! kiln's state: the catalogue (components, image recipes, images with their build
 //! numbers and state history, their inventories, vulnerability scans and findings, and the
 //! images a rescan marked as needing a rebuild, launch permissions, names per region, usage
-//! per account), the job queue that `kiln worker`s claim from, and the index
+//! per account), the audit log of API calls and threat findings, the job queue that `kiln worker`s claim from, and the index
 //! of the layer cache, all behind one storage interface, [`Store`]. It holds names,
 //! versions, digests, states and opaque JSON bodies; it does not know what a component
 //! document says, how a sandbox runs or what a disk holds. Today the backend is SQLite
@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod components;
 mod error;
 mod images;
@@ -27,6 +28,8 @@ mod recipes;
 mod regions;
 mod scans;
 mod sharing;
+mod state_feed;
+mod threats;
 mod usage;
 
 use std::collections::BTreeMap;
@@ -38,6 +41,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use time::OffsetDateTime;
 
+pub use audit::{AUDIT_SUCCESS, AuditEntry, AuditFilter, AuditRecord, AuditResult, MAX_AUDIT_PAGE};
 pub use components::{Component, ComponentSource, NewComponent};
 pub use error::{Result, StoreError};
 pub use images::{Image, ImageFilter, ImageState, NewImage, StateChange, image_arn};
@@ -50,6 +54,8 @@ pub use recipes::{NewRecipe, Recipe};
 pub use regions::ImageRegion;
 pub use scans::{FindingFilter, NewScan, NewScanFinding, RebuildMark, Scan, ScanFinding, ScanTrigger};
 pub use sharing::{ALL_ACCOUNTS, is_account_id, is_valid_principal, may_use};
+pub use state_feed::ImageStateEvent;
+pub use threats::{NewThreatFinding, THREAT_SEVERITIES, ThreatFinding, ThreatFindingFilter};
 pub use usage::{UsageEvent, UsageSummary};
 
 /// Resource tags: key → value, kept sorted.

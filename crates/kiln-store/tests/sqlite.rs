@@ -60,6 +60,13 @@ conformance_tests! {
     scan_findings_are_new_only_against_the_previous_scan,
     scan_findings_list_filters_and_pages,
     scan_rebuild_marks_set_replace_clear_and_list,
+    audit_records_round_trip_and_filter,
+    audit_pages_oldest_or_newest_first,
+    audit_keeps_odd_values_and_cuts_huge_ones,
+    audit_sources_and_retention,
+    threat_findings_are_deduplicated_and_keep_the_worst_severity,
+    threat_findings_filter_and_archive,
+    state_changes_are_followed_in_order,
 }
 
 #[tokio::test]

@@ -12,6 +12,9 @@ use kiln_store::{
 };
 use serde_json::json;
 
+mod monitoring;
+pub use monitoring::*;
+
 /// Generate one `#[tokio::test]` per conformance function, each on a fresh store from
 /// `$make` (an async fn returning `(Store, guard)`; the guard lives as long as the test).
 #[macro_export]
