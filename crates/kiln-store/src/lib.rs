@@ -1,7 +1,8 @@
 //! kiln's state: the catalogue (components, image recipes, images with their build
 //! numbers and state history, their inventories, vulnerability scans and findings, and the
 //! images a rescan marked as needing a rebuild, launch permissions, names per region, usage
-//! per account), the job queue that `kiln worker`s claim from, and the index
+//! per account), the API's users, access keys (sealed), resources, client tokens and pipeline
+//! executions, the job queue that `kiln worker`s claim from, and the index
 //! of the layer cache, all behind one storage interface, [`Store`]. It holds names,
 //! versions, digests, states and opaque JSON bodies; it does not know what a component
 //! document says, how a sandbox runs or what a disk holds. Today the backend is SQLite
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
 mod components;
 mod error;
 mod images;
@@ -38,6 +40,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use time::OffsetDateTime;
 
+pub use api::{ApiCredential, ApiExecution, ApiResource, ApiUser, ClientTokenRecord};
 pub use components::{Component, ComponentSource, NewComponent};
 pub use error::{Result, StoreError};
 pub use images::{Image, ImageFilter, ImageState, NewImage, StateChange, image_arn};
