@@ -58,15 +58,18 @@ if [[ "${1:-}" == "--test" ]]; then
     say "installing cargo-nextest (test runner) with cargo"
     cargo install --locked cargo-nextest
   fi
-  # Python tools the tests drive: a real S3-compatible server (moto) for the S3 actions, and
-  # the official CycloneDX and SPDX validators for the SBOMs, and the official Prometheus
-  # client's exposition parsers for kiln-api's /metrics.
+  # Python tools the tests drive: a real S3-compatible server (moto) for the S3 actions, the
+  # official CycloneDX and SPDX validators for the SBOMs, the official Prometheus client's
+  # exposition parsers for kiln-api's /metrics, and the AWS CLI and boto3 for the API.
   pip_need=()
   python3 -c 'import moto.server' >/dev/null 2>&1 || pip_need+=('moto[server]')
   python3 -c 'import botocore' >/dev/null 2>&1 || pip_need+=('botocore')
   python3 -c 'import cyclonedx.validation.json' >/dev/null 2>&1 || pip_need+=('cyclonedx-python-lib[json-validation]')
   python3 -c 'import spdx_tools' >/dev/null 2>&1 || pip_need+=('spdx-tools')
   python3 -c 'import prometheus_client' >/dev/null 2>&1 || pip_need+=('prometheus-client')
+  # The AWS CLI and boto3 drive `kiln serve` in crates/kiln-cli/tests/serve_awscli.rs.
+  command -v aws >/dev/null 2>&1 || pip_need+=('awscli')
+  python3 -c 'import boto3' >/dev/null 2>&1 || pip_need+=('boto3')
   if ((${#pip_need[@]})); then
     say "installing Python test tools with pip: ${pip_need[*]}"
     pip3 install --quiet --break-system-packages "${pip_need[@]}" 2>/dev/null \

@@ -77,6 +77,9 @@ pub enum BuildError {
     /// An account may not use an image, or the image is retired.
     #[error(transparent)]
     Access(catalogue::AccessError),
+    /// The build was cancelled (its request's cancel flag was set).
+    #[error("the build was cancelled")]
+    Cancelled,
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }

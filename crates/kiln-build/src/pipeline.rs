@@ -43,6 +43,12 @@ pub struct BuildRequest {
     pub on_error: OnError,
     /// Timestamps in the image are clamped to this (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
+    /// Build this image record (PENDING, made by the API server when an execution started)
+    /// instead of recording a new one. Its name and version must be the recipe's.
+    pub image_arn: Option<String>,
+    /// Set by another thread to stop the build; checked before every stage and component, so
+    /// a running stage finishes first. The image then becomes CANCELLED.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A stage-level progress event.
@@ -193,22 +199,40 @@ impl Kiln {
         let recipe = &file.image_recipe;
         let version =
             SemVer::parse(&recipe.semantic_version).map_err(|e| BuildError::Component(e.to_string()))?;
-        let image = self
-            .block_on(self.store.create_image(&kiln_store::NewImage {
-                name: recipe.name.clone(),
-                version,
-                region: kiln_model::LOCAL_REGION.to_string(),
-                account: kiln_model::LOCAL_ACCOUNT.to_string(),
-                recipe: serde_json::to_value(&file).unwrap_or_default(),
-                tags: recipe.tags.clone(),
-            }))
-            .map_err(|e| BuildError::Store(e.to_string()))?;
+        let image = match &req.image_arn {
+            Some(arn) => {
+                let image = self
+                    .block_on(self.store.get_image_by_arn(arn))
+                    .map_err(|e| BuildError::Store(e.to_string()))?;
+                if image.name != recipe.name || image.version != version {
+                    return Err(BuildError::Store(format!(
+                        "image {arn} is not a build of recipe {} {version}",
+                        recipe.name
+                    )));
+                }
+                image
+            }
+            None => self
+                .block_on(self.store.create_image(&kiln_store::NewImage {
+                    name: recipe.name.clone(),
+                    version,
+                    region: kiln_model::LOCAL_REGION.to_string(),
+                    account: kiln_model::LOCAL_ACCOUNT.to_string(),
+                    recipe: serde_json::to_value(&file).unwrap_or_default(),
+                    tags: recipe.tags.clone(),
+                }))
+                .map_err(|e| BuildError::Store(e.to_string()))?,
+        };
         let arn = image.arn.clone();
         progress.build_event(&BuildEvent::Started { arn: &arn });
         let fail = |e: BuildError| {
             let reason = e.to_string();
             progress.build_event(&BuildEvent::Failed { reason: &reason });
-            let _ = self.block_on(self.store.transition(&arn, kiln_store::ImageState::Failed, Some(&reason)));
+            let to = match &e {
+                BuildError::Cancelled => kiln_store::ImageState::Cancelled,
+                _ => kiln_store::ImageState::Failed,
+            };
+            let _ = self.block_on(self.store.transition(&arn, to, Some(&reason)));
             e
         };
         // Tags, launch permissions and the name per region, from the recipe and the
@@ -485,7 +509,16 @@ impl BuildCtx<'_> {
         }
     }
 
+    /// [`BuildError::Cancelled`] once the request's cancel flag is set.
+    fn check_cancel(&self) -> Result<(), BuildError> {
+        match &self.req.cancel {
+            Some(flag) if flag.load(std::sync::atomic::Ordering::SeqCst) => Err(BuildError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
     fn stage<T>(&self, name: &str, f: impl FnOnce() -> Result<T, BuildError>) -> Result<T, BuildError> {
+        self.check_cancel()?;
         self.progress.build_event(&BuildEvent::Stage { name });
         self.log_line("stage", json!({ "stage": name }));
         let t = Instant::now();
@@ -603,6 +636,7 @@ impl BuildCtx<'_> {
             stored_keys.push(skey);
         }
         for c in self.components.iter().filter(|_| !in_vm) {
+            self.check_cancel()?;
             let params = serde_json::to_string(&c.parameters).unwrap_or_default();
             let network = format!("{:?}", self.network());
             let key = layers::key(&[
@@ -894,6 +928,7 @@ impl BuildCtx<'_> {
                 self.log_line("region", json!(r));
             }
         }
+        self.check_cancel()?;
         self.transition(kiln_store::ImageState::Available, "built")?;
         self.log_line("finished", json!({ "state": "AVAILABLE" }));
         self.progress.build_event(&BuildEvent::Finished { arn: self.arn, state: "AVAILABLE" });

@@ -170,6 +170,61 @@ pub enum Command {
     /// Lifecycle policies: deprecate, disable and delete images by age or count.
     #[command(subcommand)]
     Lifecycle(LifecycleCommand),
+
+    /// Serve the Image Builder API (restJson1, SigV4) on KILN_HOME's state, with a worker pool
+    /// that builds pipeline executions. Prints `listening on http://ADDR` once ready; stops on
+    /// SIGTERM or ctrl-c (running builds are asked to stop, and failed if they do not within
+    /// 30 seconds). Users and their access keys come from `kiln admin create-user`. Needs
+    /// root to build.
+    ///
+    /// Example: kiln serve --listen 127.0.0.1:8080 --workers 2
+    ///          aws imagebuilder list-images --endpoint-url http://127.0.0.1:8080 --region local
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+
+    /// Users of the API: access keys and IAM-style policies.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// How many pipeline executions build at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a user with an identity policy (an IAM JSON document) and an access key. The
+    /// secret access key is printed once and stored encrypted (KILN_HOME/state/api-secrets.key).
+    ///
+    /// Example: kiln admin create-user ana --policy examples/policies/pipeline-operator.json --json
+    #[command(name = "create-user", verbatim_doc_comment)]
+    CreateUser {
+        name: String,
+        /// The policy document (JSON); checked before anything is stored.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The user's account: its resources' ARNs carry it.
+        #[arg(long, default_value = kiln_model::LOCAL_ACCOUNT, value_name = "ID")]
+        account: String,
+        /// Print `{"userName", "userArn", "accountId", "accessKeyId", "secretAccessKey"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users, their accounts, policies and access key ids (never secrets).
+    #[command(name = "list-users")]
+    ListUsers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user and its access keys; requests signed with them are refused at once.
+    #[command(name = "delete-user")]
+    DeleteUser { name: String },
 }
 
 #[derive(Debug, Subcommand)]

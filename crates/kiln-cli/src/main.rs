@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         Command::Launch(args) => commands::launch::run(&home, args),
         Command::Key(cmd) => commands::key::run(&home, cmd),
         Command::Lifecycle(cmd) => commands::lifecycle::run(&home, cmd),
+        Command::Serve(args) => commands::serve::run(&home, args),
+        Command::Admin(cmd) => commands::serve::admin(&home, cmd),
     };
     match result {
         Ok(code) => code,

@@ -132,6 +132,18 @@ pub enum StoreError {
     #[error("invalid job request: {reason}")]
     InvalidJob { reason: String },
 
+    /// An API resource with this ARN exists already.
+    #[error("{arn} already exists")]
+    ApiResourceExists { arn: String },
+
+    /// An API user with this name exists already.
+    #[error("user {name} already exists; delete it first or choose another name")]
+    ApiUserExists { name: String },
+
+    /// An access key id was issued twice (a random collision: try again).
+    #[error("access key {id} exists already; try again")]
+    AccessKeyExists { id: String },
+
     /// No layer with this key in the cache index.
     #[error("layer {key} is not in the cache index")]
     LayerNotFound { key: String },

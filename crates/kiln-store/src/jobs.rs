@@ -360,6 +360,27 @@ impl Store {
         }
     }
 
+    /// Fail every RUNNING job of `kind` whose lease has expired (its worker died or its
+    /// server stopped), with `error`, whatever attempts it has left: for jobs that must not be
+    /// run twice. Returns the jobs failed.
+    pub async fn fail_expired_jobs(&self, kind: &str, error: &str) -> Result<Vec<Job>> {
+        let ts = fmt_ts(now());
+        let sql = format!(
+            "UPDATE jobs SET state = 'FAILED', error = $1, lease_expires_at = NULL, updated_at = $2 \
+             WHERE kind = $3 AND state = 'RUNNING' AND lease_expires_at < $2 RETURNING {JOB_COLUMNS}"
+        );
+        let rows: Vec<JobRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(error)
+                .bind(&ts)
+                .bind(kind)
+                .fetch_all(pool)
+                .await
+                .map_err(db("fail expired jobs"))?
+        });
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
     /// One job.
     pub async fn get_job(&self, id: i64) -> Result<Job> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");

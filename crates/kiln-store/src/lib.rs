@@ -1,7 +1,9 @@
 //! kiln's state: the catalogue (components, image recipes, images with their build
 //! numbers and state history, their inventories, vulnerability scans and findings, and the
 //! images a rescan marked as needing a rebuild, launch permissions, names per region, usage
-//! per account), the audit log of API calls and threat findings, the job queue that `kiln worker`s claim from, and the index
+//! per account), the audit log of API calls and threat findings, the API's users, access keys
+//! (sealed), resources, client tokens and pipeline executions, the job queue that `kiln
+//! worker`s claim from, and the index
 //! of the layer cache, all behind one storage interface, [`Store`]. It holds names,
 //! versions, digests, states and opaque JSON bodies; it does not know what a component
 //! document says, how a sandbox runs or what a disk holds. Today the backend is SQLite
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod api;
 mod components;
 mod error;
 mod images;
@@ -42,6 +45,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use time::OffsetDateTime;
 
 pub use audit::{AUDIT_SUCCESS, AuditEntry, AuditFilter, AuditRecord, AuditResult, MAX_AUDIT_PAGE};
+pub use api::{ApiCredential, ApiExecution, ApiResource, ApiUser, ClientTokenRecord};
 pub use components::{Component, ComponentSource, NewComponent};
 pub use error::{Result, StoreError};
 pub use images::{Image, ImageFilter, ImageState, NewImage, StateChange, image_arn};

@@ -26,6 +26,8 @@ pub fn run(home: &std::path::Path, args: BuildArgs) -> Result<ExitCode> {
             })?),
             Err(_) => None,
         },
+        image_arn: None,
+        cancel: None,
     };
     let progress = BuildLines::new(args.json);
     match kiln.build(&req, &progress) {

@@ -9,5 +9,6 @@ pub mod key;
 pub mod launch;
 pub mod lifecycle;
 pub mod scan;
+pub mod serve;
 pub mod target;
 pub mod test;

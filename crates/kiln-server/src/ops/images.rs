@@ -1,0 +1,386 @@
+//! Images, pipeline executions and scan findings.
+
+use std::sync::atomic::Ordering;
+
+use kiln_api::ApiError;
+use kiln_store::{FindingFilter, Image, ImageFilter, ImageState, NewImage, StoreError, Version};
+use serde_json::{Map, Value, json};
+
+use super::catalog::check_resource_file;
+use super::{
+    Ctx, DISTRIBUTION, INFRASTRUCTURE, PIPELINE, RECIPE, arn, date, internal, passes, resource_file_for,
+};
+use crate::worker::{EXECUTION_JOB, ExecutionPayload};
+
+fn image_not_found(arn: &str) -> ApiError {
+    ApiError::ResourceNotFound(format!("The image {arn} does not exist."))
+}
+
+/// The image at `arn` (a build version, or a version: its newest build), visible to the
+/// caller: its own, or shared with its account.
+async fn visible_image(c: &Ctx<'_>, arn: &str) -> Result<Image, ApiError> {
+    let parsed = kiln_model::Arn::parse(arn)
+        .filter(|a| a.resource_type == "image" && a.version.is_some())
+        .ok_or_else(|| ApiError::InvalidParameterValue(format!("{arn} is not an image ARN.")))?;
+    let store = c.server.store();
+    let found = match parsed.build {
+        Some(_) => store.get_image_by_arn(arn).await,
+        None => {
+            let version = Version::parse(parsed.version.as_deref().unwrap_or_default())
+                .map_err(|e| ApiError::InvalidVersionNumber(e.to_string()))?;
+            store.get_image(&parsed.name, &version, None).await
+        }
+    };
+    let image = found.map_err(|e| match e {
+        StoreError::ImageNotFound { .. } => image_not_found(arn),
+        e => internal(e),
+    })?;
+    if image.account == c.account() {
+        return Ok(image);
+    }
+    let shared = store.launch_permissions(&image.arn).await.map_err(internal)?;
+    if kiln_store::may_use(&image.account, &shared, c.account()) {
+        Ok(image)
+    } else {
+        Err(image_not_found(arn))
+    }
+}
+
+fn version_arn(image: &Image) -> String {
+    arn(&image.account, "image", &image.name, Some(&image.version.to_string()), None)
+}
+
+/// What an image's output is, as the model's `outputResources` (kiln's "AMI" is the disk
+/// folder in each region).
+fn output_resources(image: &Image) -> Value {
+    let Some(location) = &image.output_location else { return json!({ "amis": [] }) };
+    if image.state != ImageState::Available {
+        return json!({ "amis": [] });
+    }
+    json!({ "amis": [{
+        "region": image.region,
+        "image": location,
+        "name": image.name,
+        "accountId": image.account,
+        "state": { "status": image.state.as_str() },
+    }] })
+}
+
+fn state(image: &Image) -> Value {
+    let mut s = Map::new();
+    s.insert("status".into(), json!(image.state.as_str()));
+    if let Some(reason) = &image.reason {
+        s.insert("reason".into(), json!(reason));
+    }
+    Value::Object(s)
+}
+
+fn image_summary(image: &Image) -> Value {
+    json!({
+        "arn": image.arn,
+        "name": image.name,
+        "type": "AMI",
+        "version": format!("{}/{}", image.version, image.build),
+        "platform": "Linux",
+        "state": state(image),
+        "owner": image.account,
+        "dateCreated": date(image.created_at),
+        "outputResources": output_resources(image),
+        "tags": image.tags,
+        "buildType": "USER_INITIATED",
+        "imageSource": "CUSTOM",
+    })
+}
+
+pub(super) async fn get_image(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let arn = c.req_str("imageBuildVersionArn")?;
+    let image = visible_image(c, &arn).await?;
+    let mut out = image_summary(&image);
+    let execution = c.server.store().execution_of(&image.arn).await.map_err(internal)?;
+    if let (Some(o), Some(e)) = (out.as_object_mut(), execution) {
+        o.insert("sourcePipelineArn".into(), json!(e.pipeline_arn));
+        for member in [
+            "sourcePipelineName",
+            "imageRecipe",
+            "infrastructureConfiguration",
+            "distributionConfiguration",
+            "imageTestsConfiguration",
+            "imageScanningConfiguration",
+            "enhancedImageMetadataEnabled",
+        ] {
+            if let Some(v) = e.snapshot.get(member).filter(|v| !v.is_null()) {
+                o.insert(member.into(), v.clone());
+            }
+        }
+    }
+    if let Some(o) = out.as_object_mut() {
+        o.remove("owner");
+    }
+    Ok(json!({ "image": out }))
+}
+
+/// The caller's images that are not DELETED, passing `filters` (name, version, state).
+async fn own_images(c: &Ctx<'_>, filters: &[(String, Vec<String>)]) -> Result<Vec<Image>, ApiError> {
+    let mut images = c.server.store().list_images(&ImageFilter::default()).await.map_err(internal)?;
+    images.retain(|i| {
+        i.account == c.account()
+            && passes(filters, |f| match f {
+                "name" => Some(i.name.clone()),
+                "version" => Some(i.version.to_string()),
+                "state" => Some(i.state.as_str().to_owned()),
+                _ => None,
+            })
+    });
+    Ok(images)
+}
+
+pub(super) async fn list_images(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let page = c.page()?;
+    let filters = c.filters(&["name", "version"])?;
+    let include_deprecated = c.opt_bool("includeDeprecated")?.unwrap_or(false);
+    let mut images = if c.owner_is_self()? { own_images(c, &filters).await? } else { Vec::new() };
+    if !include_deprecated {
+        images.retain(|i| i.state != ImageState::Deprecated);
+    }
+    // One entry per name and version (the store lists them by name, version, build).
+    let mut items: Vec<Value> = Vec::new();
+    let mut last: Option<(String, Version)> = None;
+    for i in &images {
+        let key = (i.name.clone(), i.version);
+        if last.as_ref() == Some(&key) {
+            continue;
+        }
+        last = Some(key);
+        items.push(json!({
+            "arn": version_arn(i),
+            "name": i.name,
+            "type": "AMI",
+            "version": i.version.to_string(),
+            "platform": "Linux",
+            "owner": i.account,
+            "dateCreated": date(i.created_at),
+            "buildType": "USER_INITIATED",
+            "imageSource": "CUSTOM",
+        }));
+    }
+    if c.opt_bool("byName")? == Some(true) {
+        let mut by_name: Vec<Value> = Vec::new();
+        for item in items {
+            match by_name.last_mut() {
+                Some(prev) if prev["name"] == item["name"] => *prev = item,
+                _ => by_name.push(item),
+            }
+        }
+        items = by_name;
+    }
+    Ok(page.output("imageVersionList", items))
+}
+
+pub(super) async fn list_image_build_versions(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let page = c.page()?;
+    let filters = c.filters(&["name", "version", "state"])?;
+    let version_arn = c.req_str("imageVersionArn")?;
+    let parsed = kiln_model::Arn::parse(&version_arn)
+        .filter(|a| a.resource_type == "image" && a.build.is_none() && a.version.is_some())
+        .ok_or_else(|| {
+            ApiError::InvalidParameterValue(format!("{version_arn} is not an image version ARN."))
+        })?;
+    let mut images = own_images(c, &filters).await?;
+    images.retain(|i| {
+        i.name == parsed.name && parsed.version.as_deref() == Some(i.version.to_string().as_str())
+    });
+    Ok(page.output("imageSummaryList", images.iter().map(image_summary).collect()))
+}
+
+pub(super) async fn list_pipeline_images(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let page = c.page()?;
+    let filters = c.filters(&["name", "version", "state"])?;
+    let pipeline = c.owned(PIPELINE, "imagePipelineArn").await?;
+    let store = c.server.store();
+    let mut items = Vec::new();
+    for e in store.pipeline_executions(&pipeline.arn).await.map_err(internal)? {
+        let image = store.get_image_by_arn(&e.image_arn).await.map_err(internal)?;
+        let keep = image.state != ImageState::Deleted
+            && passes(&filters, |f| match f {
+                "name" => Some(image.name.clone()),
+                "version" => Some(image.version.to_string()),
+                "state" => Some(image.state.as_str().to_owned()),
+                _ => None,
+            });
+        if keep {
+            items.push(image_summary(&image));
+        }
+    }
+    Ok(page.output("imageSummaryList", items))
+}
+
+/// The caller's own image at member `imageBuildVersionArn`.
+async fn own_image(c: &Ctx<'_>) -> Result<Image, ApiError> {
+    let arn = c.req_str("imageBuildVersionArn")?;
+    let parsed = kiln_model::Arn::parse(&arn).filter(|a| a.resource_type == "image" && a.build.is_some());
+    if parsed.is_none() {
+        return Err(ApiError::InvalidParameterValue(format!("{arn} is not an image build version ARN.")));
+    }
+    let image = c.server.store().get_image_by_arn(&arn).await.map_err(|e| match e {
+        StoreError::ImageNotFound { .. } => image_not_found(&arn),
+        e => internal(e),
+    })?;
+    if image.account != c.account() || image.state == ImageState::Deleted {
+        return Err(image_not_found(&arn));
+    }
+    Ok(image)
+}
+
+pub(super) async fn delete_image(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let image = own_image(c).await?;
+    if image.state.is_in_progress() {
+        return Err(ApiError::ResourceInUse(format!(
+            "The image {} is {}; cancel its creation before deleting it.",
+            image.arn, image.state
+        )));
+    }
+    let reason = format!("deleted by {}", c.call.caller.principal_arn);
+    c.server.store().transition(&image.arn, ImageState::Deleted, Some(&reason)).await.map_err(
+        |e| match e {
+            StoreError::InvalidTransition { .. } => ApiError::ResourceInUse(e.to_string()),
+            e => internal(e),
+        },
+    )?;
+    // The disks go with the record's deletion; only folders kiln made under its home.
+    if let Some(location) = &image.output_location {
+        let path = std::path::Path::new(location);
+        if path.starts_with(c.server.home().join("images")) && path.is_dir() {
+            if let Err(e) = std::fs::remove_dir_all(path) {
+                tracing::warn!("removing the output folder {location} of deleted image {}: {e}", image.arn);
+            }
+        }
+    }
+    Ok(json!({ "imageBuildVersionArn": image.arn }))
+}
+
+pub(super) async fn cancel_image_creation(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let image = own_image(c).await?;
+    if !image.state.is_in_progress() {
+        return Err(ApiError::ResourceInUse(format!(
+            "The image {} is {}; only an image being created can be cancelled.",
+            image.arn, image.state
+        )));
+    }
+    let store = c.server.store();
+    let reason = format!("cancelled by {}", c.call.caller.principal_arn);
+    store.transition(&image.arn, ImageState::Cancelled, Some(&reason)).await.map_err(|e| match e {
+        StoreError::InvalidTransition { .. } => ApiError::ResourceInUse(e.to_string()),
+        e => internal(e),
+    })?;
+    if let Some(execution) = store.execution_of(&image.arn).await.map_err(internal)? {
+        // Queued: cancelled at once. Running: its worker learns it at its next heartbeat,
+        // or at once below when it runs in this process.
+        store.cancel_job(execution.job_id).await.map_err(internal)?;
+    }
+    if let Some(flag) = c.server.running().get(&image.arn) {
+        flag.store(true, Ordering::SeqCst);
+    }
+    Ok(json!({ "imageBuildVersionArn": image.arn }))
+}
+
+pub(super) async fn start_execution(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let pipeline = c.owned(PIPELINE, "imagePipelineArn").await?;
+    let extra_tags = c.tags("tags")?;
+    let body = &pipeline.body;
+    if body["status"].as_str() == Some("DISABLED") {
+        return Err(ApiError::InvalidRequest(format!("The image pipeline {} is DISABLED.", pipeline.arn)));
+    }
+    let dependency = |kind: &str, arn: &str| {
+        ApiError::ResourceDependency(format!("The {kind} {arn} the pipeline uses no longer exists."))
+    };
+    let recipe_arn = body["imageRecipeArn"].as_str().unwrap_or_default().to_owned();
+    let recipe = c.owned_arn(RECIPE, &recipe_arn).await.map_err(|_| dependency(RECIPE, &recipe_arn))?;
+    let infra_arn = body["infrastructureConfigurationArn"].as_str().unwrap_or_default().to_owned();
+    let infra =
+        c.owned_arn(INFRASTRUCTURE, &infra_arn).await.map_err(|_| dependency(INFRASTRUCTURE, &infra_arn))?;
+    let dist = match body["distributionConfigurationArn"].as_str() {
+        Some(a) => Some(c.owned_arn(DISTRIBUTION, a).await.map_err(|_| dependency(DISTRIBUTION, a))?),
+        None => None,
+    };
+    let file = resource_file_for(&recipe.body, Some(&infra.body), dist.as_ref().map(|d| &d.body), Some(body));
+    check_resource_file(&file)?;
+    let version = Version::parse(&recipe.version.clone().unwrap_or_default())
+        .map_err(|e| ApiError::InvalidVersionNumber(e.to_string()))?;
+    let mut tags = super::tags_of(body.get("imageTags"), "imageTags")?;
+    tags.extend(extra_tags);
+    let store = c.server.store();
+    let image = store
+        .create_image(&NewImage {
+            name: recipe.name.clone(),
+            version,
+            region: crate::REGION.to_owned(),
+            account: c.account().to_owned(),
+            recipe: file.clone(),
+            tags,
+        })
+        .await
+        .map_err(internal)?;
+    let no_test = body["imageTestsConfiguration"]["imageTestsEnabled"].as_bool() == Some(false);
+    let payload = ExecutionPayload { image_arn: image.arn.clone(), resource_file: file, no_test };
+    let job = kiln_store::NewJob { kind: EXECUTION_JOB.into(), payload: payload.to_json(), max_attempts: 1 };
+    let queued = async {
+        let id = store.enqueue_job(&job).await?;
+        let snapshot = json!({
+            "sourcePipelineName": pipeline.name,
+            "imageRecipe": recipe.body,
+            "infrastructureConfiguration": infra.body,
+            "distributionConfiguration": dist.as_ref().map(|d| &d.body),
+            "imageTestsConfiguration": body.get("imageTestsConfiguration"),
+            "imageScanningConfiguration": body.get("imageScanningConfiguration"),
+            "enhancedImageMetadataEnabled": body.get("enhancedImageMetadataEnabled"),
+        });
+        store.record_execution(&image.arn, &pipeline.arn, id, &snapshot).await
+    };
+    if let Err(e) = queued.await {
+        let _ =
+            store.transition(&image.arn, ImageState::Failed, Some("the execution could not be queued")).await;
+        return Err(internal(e));
+    }
+    let mut updated = pipeline.body.clone();
+    if let Some(o) = updated.as_object_mut() {
+        o.insert("dateLastRun".into(), date(image.created_at));
+    }
+    store.update_api_resource(&pipeline.arn, &updated, &pipeline.tags).await.map_err(internal)?;
+    c.server.inner.queued.notify_one();
+    Ok(json!({ "imageBuildVersionArn": image.arn }))
+}
+
+pub(super) async fn list_scan_findings(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let page = c.page()?;
+    let filters = c.filters(&["imageBuildVersionArn", "imagePipelineArn", "vulnerabilityId", "severity"])?;
+    let values = |name: &str| -> Vec<String> {
+        filters.iter().filter(|(n, _)| n == name).flat_map(|(_, v)| v.iter().cloned()).collect()
+    };
+    let mut own: Vec<String> = own_images(c, &[]).await?.into_iter().map(|i| i.arn).collect();
+    let wanted = values("imageBuildVersionArn");
+    if !wanted.is_empty() {
+        own.retain(|a| wanted.contains(a));
+    }
+    let pipelines = values("imagePipelineArn");
+    if !pipelines.is_empty() {
+        let mut of_pipelines = Vec::new();
+        for p in &pipelines {
+            for e in c.server.store().pipeline_executions(p).await.map_err(internal)? {
+                of_pipelines.push(e.image_arn);
+            }
+        }
+        own.retain(|a| of_pipelines.contains(a));
+    }
+    if own.is_empty() {
+        return Ok(page.output("findings", Vec::new()));
+    }
+    let filter = FindingFilter {
+        image_arns: own,
+        vulnerability_ids: values("vulnerabilityId"),
+        severities: values("severity"),
+        after: None,
+        limit: None,
+    };
+    let findings = c.server.store().list_scan_findings(&filter).await.map_err(internal)?;
+    Ok(page.output("findings", findings.into_iter().map(|f| f.body).collect()))
+}
