@@ -161,6 +161,11 @@ fn aws_cli_drives_a_pipeline_to_an_available_image() {
         return;
     }
     if !available("aws", &["--version"]) || !available("python3", &["-c", "import boto3"]) {
+        // CI (scripts/test.sh) sets this: there missing clients are a failure, not a skip.
+        assert!(
+            !std::env::var("KILN_REQUIRE_S3_TESTS").is_ok_and(|v| v == "1"),
+            "the AWS CLI and boto3 are required (scripts/install-deps.sh --test installs them)"
+        );
         eprintln!("skipped: the AWS CLI and boto3 are needed (scripts/install-deps.sh --test)");
         return;
     }

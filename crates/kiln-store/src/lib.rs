@@ -20,8 +20,8 @@
 
 #![forbid(unsafe_code)]
 
-mod audit;
 mod api;
+mod audit;
 mod components;
 mod error;
 mod images;
@@ -44,8 +44,8 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use time::OffsetDateTime;
 
-pub use audit::{AUDIT_SUCCESS, AuditEntry, AuditFilter, AuditRecord, AuditResult, MAX_AUDIT_PAGE};
 pub use api::{ApiCredential, ApiExecution, ApiResource, ApiUser, ClientTokenRecord};
+pub use audit::{AUDIT_SUCCESS, AuditEntry, AuditFilter, AuditRecord, AuditResult, MAX_AUDIT_PAGE};
 pub use components::{Component, ComponentSource, NewComponent};
 pub use error::{Result, StoreError};
 pub use images::{Image, ImageFilter, ImageState, NewImage, StateChange, image_arn};

@@ -636,11 +636,14 @@ pub(super) async fn put_pipeline(c: &Ctx<'_>, update: Option<&str>) -> Result<Va
         return Err(ApiError::InvalidParameterValue(format!("status {status} is not ENABLED or DISABLED.")));
     }
     if let Some(schedule) = c.input().get("schedule").filter(|v| !v.is_null()) {
-        if let Some(expression) = super::opt_str(schedule, "scheduleExpression")? {
-            kiln_api::schedule::CronExpression::parse(&expression).map_err(|e| {
-                ApiError::InvalidParameterValue(format!("schedule.scheduleExpression {expression}: {e}"))
-            })?;
-        }
+        // The scheduler's own reading, so a stored schedule is one it can run.
+        kiln_build::schedule::PipelineSchedule::parse(
+            super::opt_str(schedule, "scheduleExpression")?.as_deref(),
+            super::opt_str(schedule, "timezone")?.as_deref(),
+            super::opt_str(schedule, "pipelineExecutionStartCondition")?.as_deref(),
+            &Default::default(),
+        )
+        .map_err(|e| ApiError::InvalidParameterValue(e.to_string()))?;
     }
     c.tags("imageTags")?;
     let now = time::OffsetDateTime::now_utc();
