@@ -38,7 +38,7 @@ macro_rules! builtin {
 /// Every built-in component, in the order `kiln component builtin` lists them.
 pub const BUILTINS: &[Builtin] = &[
     builtin!("kiln-update-linux", "1.0.0"),
-    builtin!("kiln-hardening-cis", "1.0.0"),
+    builtin!("kiln-hardening-cis", "1.0.1"),
     builtin!("kiln-hardening-anssi", "1.0.0"),
     builtin!("kiln-ssh-hardening", "1.0.0"),
     builtin!("kiln-firewall", "1.0.0"),
@@ -176,6 +176,36 @@ mod tests {
                     "{}: the description must say it needs the network: {d}",
                     b.name
                 );
+            }
+        }
+    }
+
+    /// The component disables every module kiln's own CIS profile of the same level
+    /// checks, so an image built with it passes those rules (udf once sat in Level 2 here while
+    /// the profile checks it at Level 1).
+    #[test]
+    fn the_cis_component_disables_the_modules_its_profile_checks() {
+        let cis = parse_document("cis", find("kiln-hardening-cis").unwrap().document).unwrap();
+        for level in ["1", "2"] {
+            // The module lists are the document's constants.
+            let value =
+                |name: &str| cis.constants.iter().find(|c| c.name == name).map(|c| c.value.clone());
+            let mut disabled = value("ModulesLevel1").unwrap_or_default();
+            if level == "2" {
+                disabled.push(' ');
+                disabled.push_str(&value("ModulesLevel2").unwrap_or_default());
+            }
+            let disabled: Vec<&str> = disabled.split_whitespace().collect();
+            let profile = kiln_compliance::Profile::builtin(&format!("cis-level{level}")).unwrap().unwrap();
+            for rule in &profile.rules {
+                if let kiln_compliance::profile::Check::KernelModule(m) = &rule.check {
+                    assert!(
+                        disabled.contains(&m.module.as_str()),
+                        "{}: {} at level {level} not in {disabled:?}",
+                        rule.id,
+                        m.module
+                    );
+                }
             }
         }
     }
