@@ -39,14 +39,14 @@ macro_rules! builtin {
 pub const BUILTINS: &[Builtin] = &[
     builtin!("kiln-update-linux", "1.0.0"),
     builtin!("kiln-hardening-cis", "1.0.1"),
-    builtin!("kiln-hardening-anssi", "1.0.0"),
-    builtin!("kiln-ssh-hardening", "1.0.0"),
-    builtin!("kiln-firewall", "1.0.0"),
-    builtin!("kiln-audit", "1.0.0"),
+    builtin!("kiln-hardening-anssi", "1.0.1"),
+    builtin!("kiln-ssh-hardening", "1.0.1"),
+    builtin!("kiln-firewall", "1.0.1"),
+    builtin!("kiln-audit", "1.0.1"),
     builtin!("kiln-logging", "1.0.0"),
     builtin!("kiln-time-sync", "1.0.0"),
-    builtin!("kiln-file-integrity", "1.0.0"),
-    builtin!("kiln-unattended-upgrades", "1.0.0"),
+    builtin!("kiln-file-integrity", "1.0.1"),
+    builtin!("kiln-unattended-upgrades", "1.0.1"),
 ];
 
 /// The built-in component called `name`, if there is one.
