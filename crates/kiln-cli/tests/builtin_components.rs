@@ -133,7 +133,7 @@ fn the_cli_lists_every_builtin_with_version_and_parameters() {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     let cis = list.as_array().unwrap().iter().find(|c| c["name"] == "kiln-hardening-cis").unwrap();
-    assert_eq!(cis["version"], "1.0.0");
+    assert_eq!(cis["version"], "1.0.1");
     assert_eq!(cis["phases"], serde_json::json!(["build", "validate", "test"]));
     let level = cis["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Level").unwrap();
     assert_eq!(level["default"], "1");
