@@ -35,6 +35,7 @@ const COUNTERS: &[&str] = &[
     "kiln_threat_findings",
     "kiln_api_requests",
     "kiln_webhook_deliveries",
+    "kiln_audit_records_dropped",
 ];
 
 /// The operation label of requests that match no operation of the model.
@@ -76,6 +77,7 @@ pub struct Metrics {
     api_requests: Family<Labels, Counter>,
     api_latency: Family<Labels, Histogram, fn() -> Histogram>,
     webhook_deliveries: Family<Labels, Counter>,
+    audit_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -146,7 +148,14 @@ impl Metrics {
             "Webhook notifications by outcome (delivered, retried, failed, dropped)",
             webhook_deliveries.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "kiln_audit_records_dropped",
+            "API call records not written to the audit log because its queue was full",
+            audit_dropped.clone(),
+        );
         Metrics {
+            audit_dropped,
             registry,
             images,
             image_transitions,
@@ -209,6 +218,11 @@ impl Metrics {
     /// Count one webhook delivery outcome: `delivered`, `retried`, `failed` or `dropped`.
     pub fn record_webhook(&self, outcome: &str) {
         self.webhook_deliveries.get_or_create(&vec![("outcome", label(outcome))]).inc();
+    }
+
+    /// Count one API call record the audit log could not take (its queue was full).
+    pub fn record_audit_dropped(&self) {
+        self.audit_dropped.inc();
     }
 
     /// The exposition in the OpenMetrics text format (which Prometheus' text parsers read too).

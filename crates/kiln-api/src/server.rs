@@ -23,6 +23,33 @@ use crate::operations::{Location, OPERATIONS, Operation};
 use crate::policy::{self, DecidingStatement, Decision, Policy};
 use crate::sigv4::{self, SigV4Error, Verifier};
 
+/// kiln's own operations, beside the model's: the Image Builder model has no such operation,
+/// so each is authorised as the model's action named with it (what a policy already grants
+/// for the same data). Paths are under `/kiln/` so they never collide with the model's.
+pub const KILN_EXTENSIONS: &[(Operation, &str)] = &[(
+    // A build's `build-log.jsonl`: as readable as the image itself.
+    Operation {
+        name: "GetImageLogs",
+        method: "GET",
+        path: "/kiln/GetImageLogs",
+        members: &[
+            ("imageBuildVersionArn", Location::Query),
+            ("nextToken", Location::Query),
+            ("maxResults", Location::Query),
+        ],
+        resource: Some("imageBuildVersionArn"),
+    },
+    "GetImage",
+)];
+
+/// The IAM action (`imagebuilder:<action>`) a call of `operation` is authorised as.
+pub fn iam_action(operation: &Operation) -> &'static str {
+    KILN_EXTENSIONS
+        .iter()
+        .find(|(extension, _)| extension.name == operation.name && extension.path == operation.path)
+        .map_or(operation.name, |(_, action)| action)
+}
+
 /// The default limit on request bodies. Image Builder's largest inputs are component documents
 /// (`data`, at most 16,000 characters) and policies; 1 MiB leaves room and bounds memory.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -226,7 +253,7 @@ async fn serve<C: Credentials, O: Operations>(
     info.operation = Some(operation.name);
     info.resource = Some(resource.clone());
     let caller = credential.caller;
-    let action = format!("imagebuilder:{}", operation.name);
+    let action = format!("imagebuilder:{}", iam_action(operation));
     let decision = policy::evaluate(&caller.policies, &action, &resource);
     tracing::info!(
         target: "kiln_api::audit",
@@ -275,7 +302,7 @@ async fn read_body(headers: &axum::http::HeaderMap, body: Body, limit: usize) ->
 pub(crate) fn route(method: &Method, path: &str) -> Result<(&'static Operation, Option<String>), ApiError> {
     let mut at_path: Vec<&'static Operation> = Vec::new();
     let mut label = None;
-    for operation in OPERATIONS {
+    for operation in OPERATIONS.iter().chain(KILN_EXTENSIONS.iter().map(|(o, _)| o)) {
         let matched = match operation.path.split_once('{') {
             Some((prefix, _)) => match path.strip_prefix(prefix) {
                 Some(rest) if !rest.is_empty() => {

@@ -90,6 +90,8 @@ impl Kiln {
 
     /// Whether `account` (the owner when `None`) may `action` (`launch`, `pull`) the image.
     /// `Ok(Some(warning))` for a DEPRECATED image: allowed, but the caller should say so.
+    /// A refusal (not shared, or DISABLED/DELETED) is recorded as a usage event of kind
+    /// `ACTION-refused`.
     pub fn check_access(
         &self,
         image: &Image,
@@ -99,7 +101,20 @@ impl Kiln {
         let permissions = self
             .block_on(self.store().launch_permissions(&image.arn))
             .map_err(|e| BuildError::Store(e.to_string()))?;
-        access(image, &permissions, account, action).map_err(BuildError::Access)
+        let decided = access(image, &permissions, account, action);
+        if let Err(e @ (AccessError::NotShared { .. } | AccessError::Retired { .. })) = &decided {
+            // A refused use is what threat detection looks for (`kiln serve` reads usage
+            // events): who tried what on which image, and whether it was shared with them.
+            let who = account.unwrap_or(&image.account);
+            let details = serde_json::json!({
+                "permitted": kiln_store::may_use(&image.account, &permissions, who),
+                "imageState": image.state.as_str(),
+                "reason": e.to_string(),
+            });
+            self.block_on(self.store().record_usage(&image.arn, &format!("{action}-refused"), who, &details))
+                .map_err(|e| BuildError::Store(e.to_string()))?;
+        }
+        decided.map_err(BuildError::Access)
     }
 }
 

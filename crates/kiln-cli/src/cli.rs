@@ -185,6 +185,16 @@ pub enum Command {
     /// Users of the API: access keys and IAM-style policies.
     #[command(subcommand)]
     Admin(AdminCommand),
+
+    /// The API server's audit log: who called what, on which resource, with which result.
+    ///
+    /// Example: kiln audit --result failure --since 1h
+    #[command(verbatim_doc_comment)]
+    Audit(AuditArgs),
+
+    /// Findings of the API server's threat detection (repeated failures, new source addresses,
+    /// unshared or retired image use), most serious first.
+    Threats(ThreatsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +205,53 @@ pub struct ServeArgs {
     /// How many pipeline executions build at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
+    /// Send signed notifications (image state changes, threat findings) to this URL; repeat for
+    /// several. Needs a secret: --webhook-secret-file or KILN_WEBHOOK_SECRET.
+    #[arg(long = "webhook", value_name = "URL")]
+    pub webhooks: Vec<String>,
+    /// The file holding the webhooks' HMAC secret (trailing newline ignored).
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Do not fire pipelines' schedules (executions start only through the API).
+    #[arg(long)]
+    pub no_scheduler: bool,
+}
+
+/// `kiln audit`: the API server's audit log.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Calls of this user: an access key id or a principal ARN.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Calls of this operation (GetImage, ...).
+    #[arg(long, value_name = "OP")]
+    pub operation: Option<String>,
+    /// Calls authorised on this resource ARN.
+    #[arg(long, value_name = "ARN")]
+    pub resource: Option<String>,
+    /// `success`, `failure`, or an error code (AccessDeniedException, ...).
+    #[arg(long, value_name = "RESULT")]
+    pub result: Option<String>,
+    /// Calls at or after this time: RFC 3339 (2024-03-31T00:00:00Z) or a duration ago (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// At most this many records, newest first.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub limit: u32,
+    /// Print a JSON list.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kiln threats`: findings of the API server's threat detection.
+#[derive(Debug, Args)]
+pub struct ThreatsArgs {
+    /// Also list archived findings.
+    #[arg(long)]
+    pub all: bool,
+    /// Print a JSON list.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -568,6 +625,16 @@ pub enum ImageCommand {
         /// The account pulling (default: KILN_ACCOUNT, else the image's owner).
         #[arg(long, env = "KILN_ACCOUNT", value_name = "ID")]
         account: Option<String>,
+    },
+    /// Print a build's log (its `build-log.jsonl`): stages, steps, tests, the outcome.
+    Logs {
+        image: String,
+        /// Keep printing new lines until the build finishes.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print the JSON lines as they are.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     kiln_instance::prepare_main_if_requested();
 
     let cli = Cli::parse();
-    init_logging(cli.global.verbose, cli.global.log_format);
+    // The server logs each API call and build event at info level.
+    let verbose =
+        if matches!(cli.command, Command::Serve(_)) { cli.global.verbose.max(1) } else { cli.global.verbose };
+    init_logging(verbose, cli.global.log_format);
     let home = kiln_home(cli.global.home.clone());
     let result = match cli.command {
         Command::Build(args) => commands::build::run(&home, args),
@@ -39,6 +42,8 @@ fn main() -> ExitCode {
         Command::Lifecycle(cmd) => commands::lifecycle::run(&home, cmd),
         Command::Serve(args) => commands::serve::run(&home, args),
         Command::Admin(cmd) => commands::serve::admin(&home, cmd),
+        Command::Audit(args) => commands::audit::run(&home, args),
+        Command::Threats(args) => commands::threats::run(&home, args),
     };
     match result {
         Ok(code) => code,

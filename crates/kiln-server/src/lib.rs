@@ -8,7 +8,9 @@
 //! kiln-api; it gets authenticated, authorised calls as JSON and answers JSON or an
 //! [`kiln_api::ApiError`].
 
-mod ops;
+pub mod monitor;
+pub(crate) mod ops;
+pub mod scheduler;
 pub mod secrets;
 mod serve;
 mod users;
@@ -130,7 +132,7 @@ impl Server {
         Ok(worker::reap(self).await?)
     }
 
-    fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::SeqCst)
     }
 }

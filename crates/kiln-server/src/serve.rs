@@ -1,12 +1,17 @@
-//! `kiln serve`: the router on a socket, the worker pool and the reaper, until shutdown.
+//! `kiln serve`: the router inside the monitoring layer on a socket (with `GET /metrics`), the
+//! audit writer and the store follower, the worker pool, the reaper and the scheduler, until
+//! shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_api::observe::{Monitor, with_monitoring};
 use kiln_api::server::{ServerConfig, router};
 
+use crate::monitor::{MonitorOptions, Monitoring};
+use crate::scheduler::{self, SchedulerOptions};
 use crate::worker::{self, LEASE};
 use crate::{INTERRUPTED_REASON, Server, ServerError};
 
@@ -19,6 +24,23 @@ pub struct ServeOptions {
     pub workers: usize,
     /// How long shutdown waits for running builds to stop before failing them.
     pub shutdown_grace: Duration,
+    /// Metrics, audit log, threat detection and webhooks.
+    pub monitor: MonitorOptions,
+    /// The scheduler of pipelines (`None`: schedules do not fire).
+    pub scheduler: Option<SchedulerOptions>,
+}
+
+impl ServeOptions {
+    /// Listening on `listen` with one worker, monitoring without webhooks, the scheduler on.
+    pub fn new(listen: &str) -> ServeOptions {
+        ServeOptions {
+            listen: listen.to_owned(),
+            workers: 1,
+            shutdown_grace: Duration::from_secs(30),
+            monitor: MonitorOptions::default(),
+            scheduler: Some(SchedulerOptions::default()),
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, calling `ready` with the bound address once requests
@@ -59,10 +81,15 @@ pub async fn serve(
             }
         })
     };
-    let app = router(ServerConfig::default(), Arc::new(server.clone()), Arc::new(server.clone()));
+    let monitoring = Monitoring::start(server.store().clone(), &options.monitor).await?;
+    let (sink, audit_writer) = monitoring.audit_sink(options.monitor.audit_queue);
+    let follower = tokio::spawn(Arc::clone(&monitoring).follow(options.monitor.follow_interval));
+    let schedule = options.scheduler.clone().map(|o| tokio::spawn(scheduler::run(server.clone(), o)));
+    let api = router(ServerConfig::default(), Arc::new(server.clone()), Arc::new(server.clone()));
+    let app = with_monitoring(api, Arc::new(Monitor::new(monitoring.metrics.clone(), Arc::new(sink))));
     ready(addr);
     let stopping = server.clone();
-    let result = axum::serve(listener, app)
+    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down");
@@ -71,6 +98,13 @@ pub async fn serve(
         .await;
     server.begin_shutdown();
     reaper.abort();
+    follower.abort();
+    if let Some(s) = schedule {
+        s.abort();
+    }
+    // The router (and with it the last sink) is gone: the writer drains the queue and ends.
+    let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), monitoring.flush()).await;
     let all = futures_join(workers);
     if tokio::time::timeout(options.shutdown_grace, all).await.is_err() {
         let running: Vec<String> = server.running().keys().cloned().collect();

@@ -111,10 +111,11 @@ async fn execute(server: &Server, worker_id: &str, job: Job) {
         cancel: Some(cancel.clone()),
     };
     let home = server.home().to_path_buf();
+    let log_arn = arn.clone();
     tracing::info!("worker {worker_id}: building {arn} (job {})", job.id);
     let result = tokio::task::spawn_blocking(move || -> Result<String, String> {
         let kiln = Kiln::open(&home).map_err(|e| e.to_string())?;
-        kiln.build(&request, &Logged).map(|o| o.arn).map_err(|e| e.to_string())
+        kiln.build(&request, &Logged { arn: log_arn }).map(|o| o.arn).map_err(|e| e.to_string())
     })
     .await
     .unwrap_or_else(|e| Err(format!("the build thread failed: {e}")));
@@ -202,13 +203,16 @@ pub(crate) async fn reap(server: &Server) -> Result<Vec<String>, StoreError> {
     Ok(failed)
 }
 
-/// Build progress goes to the server's log.
-struct Logged;
+/// Build progress goes to the server's log, one event per line with the image's ARN (one JSON
+/// object per line with `--log-format json`).
+struct Logged {
+    arn: String,
+}
 
 impl Observer for Logged {
     fn event(&self, event: &Event<'_>) {
         if let Event::StepFinished { document, step, status, .. } = event {
-            tracing::info!(component = %document, step = %step, status = status.as_str(), "step finished");
+            tracing::info!(image = %self.arn, component = %document, step = %step, status = status.as_str(), "step finished");
         }
     }
 }
@@ -216,9 +220,13 @@ impl Observer for Logged {
 impl BuildProgress for Logged {
     fn build_event(&self, event: &BuildEvent<'_>) {
         match event {
-            BuildEvent::Stage { name } => tracing::info!(stage = name, "stage"),
-            BuildEvent::Failed { reason } => tracing::warn!(reason = reason, "build failed"),
-            BuildEvent::Finished { arn, state } => tracing::info!(arn = arn, state = state, "build finished"),
+            BuildEvent::Stage { name } => tracing::info!(image = %self.arn, stage = name, "stage"),
+            BuildEvent::Failed { reason } => {
+                tracing::warn!(image = %self.arn, reason = reason, "build failed")
+            }
+            BuildEvent::Finished { arn, state } => {
+                tracing::info!(image = %arn, state = state, "build finished")
+            }
             _ => {}
         }
     }

@@ -159,29 +159,46 @@ impl Store {
     /// Append one call to the audit log; returns its id. Oversized values are cut, never
     /// refused.
     pub async fn record_audit(&self, record: &AuditRecord) -> Result<i64> {
-        let (id,): (i64,) = with_pool!(self, pool => {
-            sqlx::query_as(
-                "INSERT INTO audit_log (at, request_id, account, principal, access_key_id, operation, \
-                 resource, result, http_status, source_address, user_agent, duration_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-            )
-            .bind(fmt_ts(record.at))
-            .bind(cut(&record.request_id, MAX_TEXT))
-            .bind(cut_opt(&record.account, MAX_TEXT))
-            .bind(cut_opt(&record.principal, MAX_TEXT))
-            .bind(cut_opt(&record.access_key_id, MAX_TEXT))
-            .bind(cut(&record.operation, MAX_TEXT))
-            .bind(cut_opt(&record.resource, MAX_TEXT))
-            .bind(cut(&record.result, MAX_TEXT))
-            .bind(i64::from(record.http_status))
-            .bind(cut_opt(&record.source_address, MAX_TEXT))
-            .bind(cut_opt(&record.user_agent, MAX_USER_AGENT))
-            .bind(i64::try_from(record.duration_ms).unwrap_or(i64::MAX))
-            .fetch_one(pool)
-            .await
-            .map_err(db("record an API call in the audit log"))?
+        let ids = self.record_audits(std::slice::from_ref(record)).await?;
+        ids.first().copied().ok_or_else(|| StoreError::Corrupt {
+            what: "audit log".into(),
+            detail: "the insert returned no id".into(),
+        })
+    }
+
+    /// Append several calls in one transaction (a server writing its log in batches pays one
+    /// commit per batch); returns their ids in order.
+    pub async fn record_audits(&self, records: &[AuditRecord]) -> Result<Vec<i64>> {
+        let op = "record API calls in the audit log";
+        let mut ids = Vec::with_capacity(records.len());
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(db(op))?;
+            for record in records {
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO audit_log (at, request_id, account, principal, access_key_id, operation, \
+                     resource, result, http_status, source_address, user_agent, duration_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                )
+                .bind(fmt_ts(record.at))
+                .bind(cut(&record.request_id, MAX_TEXT))
+                .bind(cut_opt(&record.account, MAX_TEXT))
+                .bind(cut_opt(&record.principal, MAX_TEXT))
+                .bind(cut_opt(&record.access_key_id, MAX_TEXT))
+                .bind(cut(&record.operation, MAX_TEXT))
+                .bind(cut_opt(&record.resource, MAX_TEXT))
+                .bind(cut(&record.result, MAX_TEXT))
+                .bind(i64::from(record.http_status))
+                .bind(cut_opt(&record.source_address, MAX_TEXT))
+                .bind(cut_opt(&record.user_agent, MAX_USER_AGENT))
+                .bind(i64::try_from(record.duration_ms).unwrap_or(i64::MAX))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db(op))?;
+                ids.push(id);
+            }
+            tx.commit().await.map_err(db(op))?;
         });
-        Ok(id)
+        Ok(ids)
     }
 
     /// The audit records matching `filter`, oldest first (or newest first), one page.

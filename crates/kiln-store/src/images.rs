@@ -513,6 +513,39 @@ impl Store {
         Err(StoreError::ConcurrentUpdate { what: format!("the state of image {arn}") })
     }
 
+    /// Say why a PENDING image was created (a schedule's slot, fixes available...): the
+    /// image's reason and its first history entry's. Returns whether the image was still
+    /// PENDING (a build already under way keeps its own reasons).
+    pub async fn set_creation_reason(&self, arn: &str, reason: &str) -> Result<bool> {
+        let updated = with_pool!(self, pool => {
+            let op = "record why an image was created";
+            let mut tx = pool.begin().await.map_err(db(op))?;
+            let ids: Vec<(i64,)> = sqlx::query_as(
+                "UPDATE images SET reason = $1 WHERE arn = $2 AND state = $3 RETURNING id",
+            )
+            .bind(reason)
+            .bind(arn)
+            .bind(Pending.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db(op))?;
+            if let Some((id,)) = ids.first() {
+                sqlx::query(
+                    "UPDATE image_state_history SET reason = $1 \
+                     WHERE image_id = $2 AND from_state IS NULL AND reason IS NULL",
+                )
+                .bind(reason)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(op))?;
+            }
+            tx.commit().await.map_err(db(op))?;
+            !ids.is_empty()
+        });
+        Ok(updated)
+    }
+
     /// Every state change of the image, oldest first (the first is its creation).
     pub async fn image_history(&self, arn: &str) -> Result<Vec<StateChange>> {
         // Make "no such image" an error rather than an empty history.

@@ -84,19 +84,36 @@ impl Store {
             .await
             .map_err(db("list usage"))?
         });
-        rows.into_iter()
-            .map(|r| {
-                let what = format!("usage event {}", r.id);
-                Ok(UsageEvent {
-                    at: parse_ts(&r.at, &what)?,
-                    details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null),
-                    id: r.id,
-                    image_arn: r.image_arn,
-                    kind: r.kind,
-                    account: r.account,
-                })
-            })
-            .collect()
+        usage_events(rows)
+    }
+
+    /// At most `limit` usage events recorded after the event `after` (0 for all), oldest
+    /// first: how a follower (the server's threat detection) reads uses made by other
+    /// processes (`kiln launch`, `kiln image pull`).
+    pub async fn usage_after(&self, after: i64, limit: u32) -> Result<Vec<UsageEvent>> {
+        let rows: Vec<UsageRow> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, image_arn, kind, account, details, at FROM usage_events \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(db("read usage events"))?
+        });
+        usage_events(rows)
+    }
+
+    /// The id of the latest usage event (0 when there is none).
+    pub async fn latest_usage_id(&self) -> Result<i64> {
+        let (id,): (Option<i64>,) = with_pool!(self, pool => {
+            sqlx::query_as("SELECT MAX(id) FROM usage_events")
+                .fetch_one(pool)
+                .await
+                .map_err(db("read the latest usage event"))?
+        });
+        Ok(id.unwrap_or(0))
     }
 
     /// Counts and last times of `kind` per image and account (of one image, or all), by
@@ -127,4 +144,20 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn usage_events(rows: Vec<UsageRow>) -> Result<Vec<UsageEvent>> {
+    rows.into_iter()
+        .map(|r| {
+            let what = format!("usage event {}", r.id);
+            Ok(UsageEvent {
+                at: parse_ts(&r.at, &what)?,
+                details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null),
+                id: r.id,
+                image_arn: r.image_arn,
+                kind: r.kind,
+                account: r.account,
+            })
+        })
+        .collect()
 }

@@ -1,4 +1,4 @@
-//! `kiln image`: list, show, tag, share, usage, distribute, verify, pull.
+//! `kiln image`: list, show, tag, share, usage, distribute, verify, pull, logs.
 
 use std::process::ExitCode;
 
@@ -229,6 +229,10 @@ pub fn run(home: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::from(crate::EXIT_FAILED));
             }
         }
+        ImageCommand::Logs { image, follow, json } => {
+            let found = kiln.find_image(&image)?;
+            return logs(&kiln, &found, follow, json);
+        }
         ImageCommand::Pull { image, region, out, account } => {
             let found = kiln.find_image(&image)?;
             match kiln.check_access(&found, account.as_deref(), "pull") {
@@ -329,4 +333,81 @@ fn when(t: time::OffsetDateTime) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// `kiln image logs`: the build's `build-log.jsonl`, whole lines only (the build may be
+/// writing the last one); with `follow`, new lines until the image leaves the in-progress
+/// states.
+fn logs(kiln: &Kiln, image: &kiln_store::Image, follow: bool, json: bool) -> Result<ExitCode> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let Some(dir) = &image.output_location else {
+        if !follow {
+            bail!("{} has no output folder yet (its build has not started)", image.arn);
+        }
+        return follow_until_started(kiln, image, json);
+    };
+    let path = std::path::Path::new(dir).join("build-log.jsonl");
+    let mut offset = 0u64;
+    let mut pending = String::new();
+    let stdout = std::io::stdout();
+    loop {
+        // The state is read before the file, so lines written before the build ended are
+        // printed before stopping.
+        let running = kiln.block_on(kiln.store().get_image_by_arn(&image.arn))?.state.is_in_progress();
+        match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                f.seek(SeekFrom::Start(offset))?;
+                let mut chunk = Vec::new();
+                f.read_to_end(&mut chunk)?;
+                offset += chunk.len() as u64;
+                pending.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+        }
+        let mut out = stdout.lock();
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            writeln!(out, "{}", if json { line.trim_end().to_owned() } else { log_line(line.trim_end()) })?;
+        }
+        out.flush()?;
+        if !follow || !running {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Waits for a queued build to get its output folder, then follows it.
+fn follow_until_started(kiln: &Kiln, image: &kiln_store::Image, json: bool) -> Result<ExitCode> {
+    loop {
+        let now = kiln.block_on(kiln.store().get_image_by_arn(&image.arn))?;
+        if now.output_location.is_some() {
+            return logs(kiln, &now, true, json);
+        }
+        if !now.state.is_in_progress() {
+            println!("{} is {} and has no build log", now.arn, now.state.as_str());
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// A build log line for people: the time, the event, then its fields as `key=value`.
+fn log_line(line: &str) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_owned();
+    };
+    let mut out = format!(
+        "{} {}",
+        fields.get("time").and_then(|v| v.as_str()).unwrap_or("-"),
+        fields.get("event").and_then(|v| v.as_str()).unwrap_or("-")
+    );
+    for (k, v) in fields.iter().filter(|(k, _)| *k != "time" && *k != "event") {
+        match v {
+            serde_json::Value::String(s) => out.push_str(&format!(" {k}={s}")),
+            other => out.push_str(&format!(" {k}={other}")),
+        }
+    }
+    out
 }

@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod audit;
 pub mod build;
 pub mod cache;
 pub mod compliance;
@@ -12,3 +13,4 @@ pub mod scan;
 pub mod serve;
 pub mod target;
 pub mod test;
+pub mod threats;

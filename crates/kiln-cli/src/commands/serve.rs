@@ -18,11 +18,12 @@ pub fn run(home: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         let server = Server::open(home)
             .await
             .with_context(|| format!("opening kiln's state in {}", home.display()))?;
-        let options = ServeOptions {
-            listen: args.listen.clone(),
-            workers: usize::from(args.workers),
-            shutdown_grace: Duration::from_secs(30),
-        };
+        let mut options = ServeOptions::new(&args.listen);
+        options.workers = usize::from(args.workers);
+        options.monitor.webhooks = webhooks(&args)?;
+        if args.no_scheduler {
+            options.scheduler = None;
+        }
         kiln_server::serve(
             server,
             options,
@@ -39,6 +40,30 @@ pub fn run(home: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
     // Builds still running on blocking threads were failed by `serve`; do not wait for them.
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The webhooks of `--webhook`, all signing with the one secret (never logged or printed).
+fn webhooks(args: &ServeArgs) -> Result<Vec<kiln_api::webhook::Webhook>> {
+    if args.webhooks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let secret = match &args.webhook_secret_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the webhook secret {}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        None => std::env::var("KILN_WEBHOOK_SECRET").unwrap_or_default(),
+    };
+    if secret.is_empty() {
+        anyhow::bail!(
+            "--webhook needs a secret to sign with: --webhook-secret-file FILE or KILN_WEBHOOK_SECRET \
+             (32 random bytes or more, for example `openssl rand -hex 32`)"
+        );
+    }
+    args.webhooks
+        .iter()
+        .map(|url| kiln_api::webhook::Webhook::new(url, secret.as_bytes(), Vec::new()).map_err(Into::into))
+        .collect()
 }
 
 /// SIGTERM or ctrl-c.

@@ -286,6 +286,24 @@ pub(super) async fn cancel_image_creation(c: &Ctx<'_>) -> Result<Value, ApiError
 pub(super) async fn start_execution(c: &Ctx<'_>) -> Result<Value, ApiError> {
     let pipeline = c.owned(PIPELINE, "imagePipelineArn").await?;
     let extra_tags = c.tags("tags")?;
+    let reason = format!("started by {}", c.call.caller.principal_arn);
+    let arn = start_pipeline_execution(c.server, &pipeline, extra_tags, &reason).await?;
+    Ok(json!({ "imageBuildVersionArn": arn }))
+}
+
+/// Starts an execution of `pipeline` (owned by its account): the resource file materialised
+/// from its recipe and configurations, the image recorded PENDING with `reason` as why it was
+/// created, the build queued for the workers. What `StartImagePipelineExecution` and the
+/// scheduler both do; returns the new image's ARN.
+pub(crate) async fn start_pipeline_execution(
+    server: &crate::Server,
+    pipeline: &kiln_store::ApiResource,
+    extra_tags: kiln_store::Tags,
+    reason: &str,
+) -> Result<String, ApiError> {
+    let account = pipeline.account.as_str();
+    let owned_arn =
+        |kind: &'static str, arn: String| async move { super::owned_arn(server, account, kind, &arn).await };
     let body = &pipeline.body;
     if body["status"].as_str() == Some("DISABLED") {
         return Err(ApiError::InvalidRequest(format!("The image pipeline {} is DISABLED.", pipeline.arn)));
@@ -294,12 +312,15 @@ pub(super) async fn start_execution(c: &Ctx<'_>) -> Result<Value, ApiError> {
         ApiError::ResourceDependency(format!("The {kind} {arn} the pipeline uses no longer exists."))
     };
     let recipe_arn = body["imageRecipeArn"].as_str().unwrap_or_default().to_owned();
-    let recipe = c.owned_arn(RECIPE, &recipe_arn).await.map_err(|_| dependency(RECIPE, &recipe_arn))?;
+    let recipe = owned_arn(RECIPE, recipe_arn.clone()).await.map_err(|_| dependency(RECIPE, &recipe_arn))?;
     let infra_arn = body["infrastructureConfigurationArn"].as_str().unwrap_or_default().to_owned();
-    let infra =
-        c.owned_arn(INFRASTRUCTURE, &infra_arn).await.map_err(|_| dependency(INFRASTRUCTURE, &infra_arn))?;
+    let infra = owned_arn(INFRASTRUCTURE, infra_arn.clone())
+        .await
+        .map_err(|_| dependency(INFRASTRUCTURE, &infra_arn))?;
     let dist = match body["distributionConfigurationArn"].as_str() {
-        Some(a) => Some(c.owned_arn(DISTRIBUTION, a).await.map_err(|_| dependency(DISTRIBUTION, a))?),
+        Some(a) => {
+            Some(owned_arn(DISTRIBUTION, a.to_owned()).await.map_err(|_| dependency(DISTRIBUTION, a))?)
+        }
         None => None,
     };
     let file = resource_file_for(&recipe.body, Some(&infra.body), dist.as_ref().map(|d| &d.body), Some(body));
@@ -308,18 +329,21 @@ pub(super) async fn start_execution(c: &Ctx<'_>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::InvalidVersionNumber(e.to_string()))?;
     let mut tags = super::tags_of(body.get("imageTags"), "imageTags")?;
     tags.extend(extra_tags);
-    let store = c.server.store();
+    let store = server.store();
     let image = store
         .create_image(&NewImage {
             name: recipe.name.clone(),
             version,
             region: crate::REGION.to_owned(),
-            account: c.account().to_owned(),
+            account: account.to_owned(),
             recipe: file.clone(),
             tags,
         })
         .await
         .map_err(internal)?;
+    // Before the build is queued, so no worker has moved it past PENDING yet.
+    store.set_creation_reason(&image.arn, reason).await.map_err(internal)?;
+    tracing::info!(image = %image.arn, pipeline = %pipeline.arn, reason, "pipeline execution started");
     let no_test = body["imageTestsConfiguration"]["imageTestsEnabled"].as_bool() == Some(false);
     let payload = ExecutionPayload { image_arn: image.arn.clone(), resource_file: file, no_test };
     let job = kiln_store::NewJob { kind: EXECUTION_JOB.into(), payload: payload.to_json(), max_attempts: 1 };
@@ -346,8 +370,61 @@ pub(super) async fn start_execution(c: &Ctx<'_>) -> Result<Value, ApiError> {
         o.insert("dateLastRun".into(), date(image.created_at));
     }
     store.update_api_resource(&pipeline.arn, &updated, &pipeline.tags).await.map_err(internal)?;
-    c.server.inner.queued.notify_one();
-    Ok(json!({ "imageBuildVersionArn": image.arn }))
+    server.inner.queued.notify_one();
+    Ok(image.arn)
+}
+
+/// The most log lines one `GetImageLogs` call answers.
+const MAX_LOG_LINES: usize = 10_000;
+
+/// `GET /kiln/GetImageLogs` (a kiln extension, authorised as `imagebuilder:GetImage`): the
+/// image's `build-log.jsonl` from line `nextToken` (0 when absent), at most `maxResults`
+/// lines. `nextToken` is answered while lines remain or the build is still running, so a
+/// client follows a build by calling again with it.
+pub(super) async fn get_image_logs(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    let arn = c.req_str("imageBuildVersionArn")?;
+    let image = visible_image(c, &arn).await?;
+    let bad_number = |name: &str| ApiError::InvalidParameterValue(format!("{name} must be a whole number."));
+    let from: usize = match c.opt_str("nextToken")? {
+        Some(t) => {
+            t.parse().map_err(|_| ApiError::InvalidPaginationToken(format!("{t} is not a line number.")))?
+        }
+        None => 0,
+    };
+    let max: usize = match c.opt_str("maxResults")? {
+        Some(t) => t.parse::<usize>().map_err(|_| bad_number("maxResults"))?.clamp(1, MAX_LOG_LINES),
+        None => 1000,
+    };
+    let text = match &image.output_location {
+        Some(dir) => match tokio::fs::read(std::path::Path::new(dir).join("build-log.jsonl")).await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                tracing::warn!("reading the build log of {}: {e}", image.arn);
+                return Err(ApiError::Service("The image's build log cannot be read.".into()));
+            }
+        },
+        None => String::new(),
+    };
+    // Only whole lines: the build may be writing the last one.
+    let complete_lines = text.rfind('\n').map_or("", |end| &text[..end]);
+    let lines: Vec<&str> = complete_lines.lines().collect();
+    let events: Vec<Value> = lines
+        .iter()
+        .skip(from)
+        .take(max)
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({ "raw": l })))
+        .collect();
+    let next = from.saturating_add(events.len()).min(lines.len().max(from));
+    let running = image.state.is_in_progress();
+    let mut out = Map::new();
+    out.insert("imageBuildVersionArn".into(), json!(image.arn));
+    out.insert("state".into(), json!(image.state.as_str()));
+    out.insert("events".into(), Value::Array(events));
+    if next < lines.len() || running {
+        out.insert("nextToken".into(), json!(next.to_string()));
+    }
+    Ok(Value::Object(out))
 }
 
 pub(super) async fn list_scan_findings(c: &Ctx<'_>) -> Result<Value, ApiError> {

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use crate::{REGION, Server};
 
 pub(crate) use catalog::resource_file_for;
+pub(crate) use images::start_pipeline_execution;
 
 /// Resource kinds as they appear in ARNs.
 pub(crate) const COMPONENT: &str = "component";
@@ -97,6 +98,7 @@ async fn run(server: &Server, call: &Call) -> Result<Value, ApiError> {
         "CancelImageCreation" => c.idempotent(|| images::cancel_image_creation(&c)).await,
         "StartImagePipelineExecution" => c.idempotent(|| images::start_execution(&c)).await,
         "ListImageScanFindings" => images::list_scan_findings(&c).await,
+        "GetImageLogs" => images::get_image_logs(&c).await,
         _ => Err(not_implemented(call.operation)),
     }
 }
@@ -274,16 +276,26 @@ impl Ctx<'_> {
     }
 
     pub async fn owned_arn(&self, kind: &str, arn: &str) -> Result<kiln_store::ApiResource, ApiError> {
-        let parsed = kiln_model::Arn::parse(arn)
-            .ok_or_else(|| ApiError::InvalidParameterValue(format!("{arn} is not an Image Builder ARN.")))?;
-        if parsed.resource_type != kind {
-            return Err(ApiError::InvalidParameterValue(format!("{arn} is not a {kind} ARN.")));
-        }
-        let found = self.server.store().get_api_resource(arn).await.map_err(internal)?;
-        match found {
-            Some(r) if r.kind == kind && r.account == self.account() => Ok(r),
-            _ => Err(ApiError::ResourceNotFound(format!("The {kind} {arn} does not exist."))),
-        }
+        owned_arn(self.server, self.account(), kind, arn).await
+    }
+}
+
+/// The resource of `kind` at `arn`, owned by `account`.
+pub(crate) async fn owned_arn(
+    server: &Server,
+    account: &str,
+    kind: &str,
+    arn: &str,
+) -> Result<kiln_store::ApiResource, ApiError> {
+    let parsed = kiln_model::Arn::parse(arn)
+        .ok_or_else(|| ApiError::InvalidParameterValue(format!("{arn} is not an Image Builder ARN.")))?;
+    if parsed.resource_type != kind {
+        return Err(ApiError::InvalidParameterValue(format!("{arn} is not a {kind} ARN.")));
+    }
+    let found = server.store().get_api_resource(arn).await.map_err(internal)?;
+    match found {
+        Some(r) if r.kind == kind && r.account == account => Ok(r),
+        _ => Err(ApiError::ResourceNotFound(format!("The {kind} {arn} does not exist."))),
     }
 }
 

@@ -1,0 +1,176 @@
+//! `kiln serve`'s monitoring on a real socket: a signed call is in the audit log (with the
+//! client's address) and in the metrics, `GET /metrics` parses, a burst of bad signatures
+//! raises a threat finding delivered to a webhook receiver with a valid signature, and
+//! GetImageLogs is authorised as GetImage.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use common::*;
+use kiln_api::webhook::Webhook;
+use kiln_server::{ServeOptions, Server};
+use kiln_store::{AuditFilter, ThreatFindingFilter};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const SECRET: &[u8] = b"webhook-secret-for-the-test-0123456789";
+const GET_IMAGE_ONLY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"imagebuilder:GetImage","Resource":"*"}]}"#;
+
+/// A webhook receiver: every delivery's headers and body.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), rx)
+}
+
+/// A signed call: POST with `{}` for the list operations, GET otherwise.
+async fn call(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    key: &kiln_server::NewUserKey,
+    path: &str,
+) -> (u16, String) {
+    let post = path.starts_with("/List");
+    let body = if post { serde_json::json!({}) } else { Value::Null };
+    let request = signed(key, &addr.to_string(), if post { "POST" } else { "GET" }, path, &body);
+    let url = format!("http://{addr}{path}");
+    let mut builder = if post { client.post(url).body(body.to_string()) } else { client.get(url) };
+    for (name, value) in request.headers() {
+        builder = builder.header(name.as_str(), value.as_bytes());
+    }
+    let response = builder.send().await.unwrap();
+    let code = response
+        .headers()
+        .get("x-amzn-errortype")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (response.status().as_u16(), code)
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    for _ in 0..100 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_audited_measured_and_threats_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::open(dir.path()).await.unwrap();
+    let admin = kiln_server::create_user(&server, "admin", "111122223333", "admin", ADMIN).await.unwrap();
+    let reader =
+        kiln_server::create_user(&server, "reader", "111122223333", "reader", GET_IMAGE_ONLY).await.unwrap();
+    let (hook, mut deliveries) = receiver().await;
+    let mut options = ServeOptions::new("127.0.0.1:0");
+    options.scheduler = None;
+    options.monitor.webhooks = vec![Webhook::new(&hook, SECRET, Vec::new()).unwrap()];
+    options.monitor.follow_interval = Duration::from_millis(100);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(kiln_server::serve(
+        server.clone(),
+        options,
+        move |addr| {
+            let _ = ready_tx.send(addr);
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let addr = ready_rx.await.unwrap();
+    let client = reqwest::Client::new();
+
+    // A signed call: answered, audited with the caller and address, counted.
+    assert_eq!(call(&client, addr, &admin, "/ListImages").await, (200, String::new()));
+    let store = server.store();
+    let entry = eventually("the audit record", || async {
+        let filter = AuditFilter { operation: Some("ListImages".into()), ..Default::default() };
+        store.list_audit(&filter).await.unwrap().into_iter().next()
+    })
+    .await;
+    assert_eq!(entry.record.result, "Success");
+    assert_eq!(entry.record.principal.as_deref(), Some("arn:aws:iam::111122223333:user/admin"));
+    assert_eq!(entry.record.access_key_id.as_deref(), Some(admin.access_key_id.as_str()));
+    assert_eq!(entry.record.source_address.as_deref(), Some("127.0.0.1"));
+
+    // GetImageLogs is authorised as GetImage: a user who may only GetImage gets past the
+    // policy (to "no such image"), and is denied anything else.
+    let missing = "arn:aws:imagebuilder:local:111122223333:image/none/1.0.0/1";
+    let logs =
+        call(&client, addr, &reader, &format!("/kiln/GetImageLogs?imageBuildVersionArn={}", enc(missing)))
+            .await;
+    assert_eq!(logs, (404, "ResourceNotFoundException".into()));
+    assert_eq!(call(&client, addr, &reader, "/ListImages").await.1, "AccessDeniedException");
+
+    // `GET /metrics`, unauthenticated, in the text format: every sample line is NAME{...} VALUE.
+    let text = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("not a value: {line}"));
+        assert!(name.starts_with("kiln_"), "{line}");
+        samples += 1;
+    }
+    assert!(samples > 0);
+    assert!(
+        text.contains(r#"kiln_api_requests_total{operation="ListImages",status="200",error=""} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"kiln_api_requests_total{operation="GetImageLogs",status="404""#), "{text}");
+
+    // A burst of bad signatures with the admin's key id: a finding, stored and notified.
+    let forged = kiln_server::NewUserKey { secret_access_key: "not-the-secret".into(), ..admin.clone() };
+    for _ in 0..10 {
+        assert_eq!(call(&client, addr, &forged, "/ListImages").await.1, "SignatureDoesNotMatch");
+    }
+    let finding = eventually("the threat finding", || async {
+        store.list_threat_findings(&ThreatFindingFilter::default()).await.unwrap().into_iter().next()
+    })
+    .await;
+    assert_eq!(finding.finding_type, "UnauthorizedAccess:AccessKey/RepeatedFailures");
+    assert_eq!(finding.principal, admin.access_key_id);
+    let (headers, body) = loop {
+        let (headers, body) =
+            tokio::time::timeout(Duration::from_secs(10), deliveries.recv()).await.unwrap().unwrap();
+        if headers.get("x-kiln-topic").is_some_and(|t| t == "kiln-threat-finding") {
+            break (headers, body);
+        }
+    };
+    kiln_api::webhook::verify(SECRET, &headers, &body, chrono::Utc::now()).expect("a valid signature");
+    let notification: Value = serde_json::from_slice(&body).unwrap();
+    let message: Value = serde_json::from_str(notification["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(message["type"], "UnauthorizedAccess:AccessKey/RepeatedFailures");
+
+    let text = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains(r#"kiln_threat_findings_total{type="UnauthorizedAccess:AccessKey/RepeatedFailures""#),
+        "{text}"
+    );
+    assert!(text.contains("kiln_images{state=\"AVAILABLE\"} 0"), "{text}");
+
+    stop_tx.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
