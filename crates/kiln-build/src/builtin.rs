@@ -188,8 +188,7 @@ mod tests {
         let cis = parse_document("cis", find("kiln-hardening-cis").unwrap().document).unwrap();
         for level in ["1", "2"] {
             // The module lists are the document's constants.
-            let value =
-                |name: &str| cis.constants.iter().find(|c| c.name == name).map(|c| c.value.clone());
+            let value = |name: &str| cis.constants.iter().find(|c| c.name == name).map(|c| c.value.clone());
             let mut disabled = value("ModulesLevel1").unwrap_or_default();
             if level == "2" {
                 disabled.push(' ');

@@ -170,12 +170,25 @@ fn sharing_decides_who_may_pull_and_launch() {
     ok(&kiln_in(h, &["image", "unshare", &r, "--all"]));
     assert_eq!(pull(Some("222222222222")).status.code(), Some(1));
 
-    // Pulls are usage, by account.
+    // Pulls are usage, by account; so are refusals (threat detection reads them).
     let usage: serde_json::Value =
         serde_json::from_str(&ok(&kiln_in(h, &["image", "show", &r, "--json"]))).unwrap();
-    let accounts: Vec<&str> =
-        usage["usage"].as_array().unwrap().iter().map(|u| u["account"].as_str().unwrap()).collect();
-    assert_eq!(accounts, [OWNER, OTHER, "222222222222"]);
+    let by_kind = |kind: &str| -> Vec<String> {
+        usage["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["kind"] == kind)
+            .map(|u| u["account"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(by_kind("pull"), [OWNER, OTHER, "222222222222"]);
+    let refused = by_kind("pull-refused");
+    assert!(refused.iter().all(|a| a != OWNER), "{refused:?}");
+    assert!(
+        refused.contains(&OTHER.to_string()) && refused.contains(&"222222222222".to_string()),
+        "{refused:?}"
+    );
 }
 
 #[test]
