@@ -8,6 +8,7 @@
 //! kiln-api; it gets authenticated, authorised calls as JSON and answers JSON or an
 //! [`kiln_api::ApiError`].
 
+mod credentials;
 pub mod monitor;
 pub(crate) mod ops;
 pub mod scheduler;
@@ -26,6 +27,7 @@ use kiln_api::policy::Policy;
 use kiln_api::server::{Call, Caller, Credential, Credentials, Operations};
 use kiln_store::Store;
 
+pub use credentials::CREDENTIAL_TTL;
 pub use secrets::SecretBox;
 pub use serve::{ServeOptions, serve};
 pub use users::{NewUserKey, UserSummary, create_user, delete_user, list_users};
@@ -74,6 +76,8 @@ struct Inner {
     home: PathBuf,
     store: Store,
     secrets: SecretBox,
+    /// Recently read access keys (see `credentials`).
+    credentials: credentials::CredentialCache,
     /// Wakes idle workers when an execution is queued.
     queued: tokio::sync::Notify,
     /// The cancel flags of the builds running in this process, by image ARN.
@@ -96,6 +100,7 @@ impl Server {
                 home: home.to_path_buf(),
                 store,
                 secrets,
+                credentials: credentials::CredentialCache::default(),
                 queued: tokio::sync::Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
@@ -147,6 +152,9 @@ impl Credentials for Server {
         if security_token.is_some() {
             return Ok(None);
         }
+        if let Some(credential) = self.inner.credentials.get(access_key_id) {
+            return Ok(Some(credential));
+        }
         let found = self.store().api_credential(access_key_id).await.map_err(|e| {
             tracing::error!("credential lookup: {e}");
             ApiError::ServiceUnavailable("The credential store is not available.".into())
@@ -160,7 +168,7 @@ impl Credentials for Server {
             tracing::error!("stored policy of user {}: {e}", found.user.name);
             ApiError::Service("The caller's stored policy is not valid.".into())
         })?;
-        Ok(Some(Credential {
+        let credential = Credential {
             secret_access_key: secret,
             caller: Caller {
                 access_key_id: access_key_id.to_owned(),
@@ -168,7 +176,9 @@ impl Credentials for Server {
                 account_id: found.user.account,
                 policies: vec![policy],
             },
-        }))
+        };
+        self.inner.credentials.insert(access_key_id, &found.user.name, credential.clone());
+        Ok(Some(credential))
     }
 }
 

@@ -105,9 +105,12 @@ pub async fn list_users(server: &Server) -> Result<Vec<UserSummary>, ServerError
         .collect())
 }
 
-/// Delete a user and its access keys; an unknown user is an error.
+/// Delete a user and its access keys; an unknown user is an error. A server in another
+/// process stops accepting the keys within [`crate::CREDENTIAL_TTL`].
 pub async fn delete_user(server: &Server, name: &str) -> Result<(), ServerError> {
-    if server.store().delete_api_user(name).await? {
+    let deleted = server.store().delete_api_user(name).await?;
+    server.inner.credentials.forget_user(name);
+    if deleted {
         Ok(())
     } else {
         Err(ServerError::Invalid(format!("no user named {name}; `kiln admin list-users` shows them")))

@@ -332,3 +332,18 @@ async fn policies_accounts_and_keys() {
         assert!(!bytes.windows(needle.len()).any(|w| w == needle));
     }
 }
+
+/// `kiln admin delete-user` runs in another process: the serving one, which keeps recently
+/// used keys in memory, refuses the key once `CREDENTIAL_TTL` has passed.
+#[tokio::test]
+async fn a_deletion_by_another_process_applies_within_the_ttl() {
+    let env = Env::new().await;
+    let user = env.user("gone", "111122223333", ADMIN).await;
+    let (status, _, _) = env.send(&user, "POST", "/ListComponents", json!({})).await;
+    assert_eq!(status, 200);
+    let admin = kiln_server::Server::open(env.dir.path()).await.unwrap();
+    kiln_server::delete_user(&admin, "gone").await.unwrap();
+    tokio::time::sleep(kiln_server::CREDENTIAL_TTL + std::time::Duration::from_millis(100)).await;
+    let (status, code, _) = env.send(&user, "POST", "/ListComponents", json!({})).await;
+    assert_eq!((status, code.as_str()), (403, "InvalidClientTokenId"));
+}

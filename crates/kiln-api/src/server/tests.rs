@@ -286,6 +286,14 @@ async fn bodies_over_the_limit_are_refused() {
     *request.body_mut() = Body::from_stream(futures_util::stream::iter(chunks));
     let (status, code, _) = send(app(), request).await;
     assert_eq!((status, code.as_deref()), (StatusCode::PAYLOAD_TOO_LARGE, Some("RequestTooLargeException")));
+    // The connection is not kept for another request after an oversized body.
+    let response = app().oneshot(signed("PUT", "/CreateComponent", &big, AKID, SECRET)).await.unwrap();
+    assert_eq!(response.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    // Beyond what is worth draining, the declared length alone refuses it.
+    let mut request = signed("PUT", "/CreateComponent", "{}", AKID, SECRET);
+    request.headers_mut().insert("content-length", HeaderValue::from(DRAIN_LIMIT + 1));
+    let (status, code, _) = send(app(), request).await;
+    assert_eq!((status, code.as_deref()), (StatusCode::PAYLOAD_TOO_LARGE, Some("RequestTooLargeException")));
 }
 
 #[tokio::test]
