@@ -323,16 +323,8 @@ fn image_ref(image: &kiln_store::Image) -> kiln_dist::ImageRef {
 
 /// A catalogue time as people read it: UTC to the second (`2026-11-27 08:55:35Z`).
 fn when(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    t.to_offset(time::UtcOffset::UTC).format(&format).unwrap_or_else(|_| t.to_string())
 }
 
 /// `kiln image logs`: the build's `build-log.jsonl`, whole lines only (the build may be

@@ -393,6 +393,65 @@ async fn create_resource(c: &Ctx<'_>, r: &ApiResource) -> Result<(), ApiError> {
     })
 }
 
+/// Stores a named, unversioned resource (an infrastructure or distribution configuration, a
+/// pipeline) from `body`. An update (`update` names the ARN member) keeps the old ARN, name,
+/// tags and the `keep` members of the old body; a create checks `name` and makes the ARN.
+/// `check` sees the final body before anything is stored. Returns the ARN.
+async fn save_named(
+    c: &Ctx<'_>,
+    kind: &str,
+    update: Option<&str>,
+    mut body: Map<String, Value>,
+    keep: &[&str],
+    check: impl Fn(&Value) -> Result<(), ApiError>,
+) -> Result<String, ApiError> {
+    let now = time::OffsetDateTime::now_utc();
+    match update {
+        Some(member) => {
+            let old = c.owned(kind, member).await?;
+            for k in keep {
+                if let Some(v) = old.body.get(*k).filter(|v| !v.is_null()) {
+                    body.insert((*k).into(), v.clone());
+                }
+            }
+            body.extend([
+                ("arn".into(), json!(old.arn)),
+                ("name".into(), json!(old.name)),
+                ("dateUpdated".into(), date(now)),
+            ]);
+            let body = Value::Object(body);
+            check(&body)?;
+            c.server.store().update_api_resource(&old.arn, &body, &old.tags).await.map_err(internal)?;
+            Ok(old.arn)
+        }
+        None => {
+            let name = c.req_str("name")?;
+            check_name(&name)?;
+            let new_arn = arn(c.account(), kind, &name, None, None);
+            body.extend([
+                ("arn".into(), json!(new_arn)),
+                ("name".into(), json!(name)),
+                ("dateCreated".into(), date(now)),
+            ]);
+            let body = Value::Object(body);
+            check(&body)?;
+            let resource = ApiResource {
+                arn: new_arn.clone(),
+                kind: kind.into(),
+                name,
+                version: None,
+                account: c.account().to_owned(),
+                body,
+                tags: c.tags("tags")?,
+                created_at: now,
+                updated_at: now,
+            };
+            create_resource(c, &resource).await?;
+            Ok(new_arn)
+        }
+    }
+}
+
 pub(super) async fn list_recipes(c: &Ctx<'_>) -> Result<Value, ApiError> {
     let page = c.page()?;
     let filters = c.filters(&["name", "parentImage", "platform"])?;
@@ -439,48 +498,8 @@ pub(super) async fn put_infrastructure(c: &Ctx<'_>, update: Option<&str>) -> Res
     c.no_dry_run()?;
     c.req_str("instanceProfileName")?;
     tags_of(c.input().get("resourceTags"), "resourceTags")?;
-    let now = time::OffsetDateTime::now_utc();
-    let mut body = copy_members(c.input(), INFRASTRUCTURE_MEMBERS);
-    let config_arn = match update {
-        Some(member) => {
-            let old = c.owned(INFRASTRUCTURE, member).await?;
-            body.extend([
-                ("arn".into(), json!(old.arn)),
-                ("name".into(), json!(old.name)),
-                ("dateCreated".into(), old.body["dateCreated"].clone()),
-                ("dateUpdated".into(), date(now)),
-            ]);
-            c.server
-                .store()
-                .update_api_resource(&old.arn, &Value::Object(body), &old.tags)
-                .await
-                .map_err(internal)?;
-            old.arn
-        }
-        None => {
-            let name = c.req_str("name")?;
-            check_name(&name)?;
-            let config_arn = arn(c.account(), INFRASTRUCTURE, &name, None, None);
-            body.extend([
-                ("arn".into(), json!(config_arn)),
-                ("name".into(), json!(name)),
-                ("dateCreated".into(), date(now)),
-            ]);
-            let resource = ApiResource {
-                arn: config_arn.clone(),
-                kind: INFRASTRUCTURE.into(),
-                name,
-                version: None,
-                account: c.account().to_owned(),
-                body: Value::Object(body),
-                tags: c.tags("tags")?,
-                created_at: now,
-                updated_at: now,
-            };
-            create_resource(c, &resource).await?;
-            config_arn
-        }
-    };
+    let body = copy_members(c.input(), INFRASTRUCTURE_MEMBERS);
+    let config_arn = save_named(c, INFRASTRUCTURE, update, body, &["dateCreated"], |_| Ok(())).await?;
     Ok(json!({ "infrastructureConfigurationArn": config_arn }))
 }
 
@@ -539,49 +558,11 @@ pub(super) async fn put_distribution(c: &Ctx<'_>, update: Option<&str>) -> Resul
             )));
         }
     }
-    let now = time::OffsetDateTime::now_utc();
     let mut body = copy_members(c.input(), &["description", "distributions"]);
     body.insert("timeoutMinutes".into(), json!(720));
-    let config_arn = match update {
-        Some(member) => {
-            let old = c.owned(DISTRIBUTION, member).await?;
-            body.extend([
-                ("arn".into(), json!(old.arn)),
-                ("name".into(), json!(old.name)),
-                ("dateCreated".into(), old.body["dateCreated"].clone()),
-                ("dateUpdated".into(), date(now)),
-            ]);
-            let body = Value::Object(body);
-            check_resource_file(&resource_file_for(&placeholder_recipe(), None, Some(&body), None))?;
-            c.server.store().update_api_resource(&old.arn, &body, &old.tags).await.map_err(internal)?;
-            old.arn
-        }
-        None => {
-            let name = c.req_str("name")?;
-            check_name(&name)?;
-            let config_arn = arn(c.account(), DISTRIBUTION, &name, None, None);
-            body.extend([
-                ("arn".into(), json!(config_arn)),
-                ("name".into(), json!(name)),
-                ("dateCreated".into(), date(now)),
-            ]);
-            let body = Value::Object(body);
-            check_resource_file(&resource_file_for(&placeholder_recipe(), None, Some(&body), None))?;
-            let resource = ApiResource {
-                arn: config_arn.clone(),
-                kind: DISTRIBUTION.into(),
-                name,
-                version: None,
-                account: c.account().to_owned(),
-                body,
-                tags: c.tags("tags")?,
-                created_at: now,
-                updated_at: now,
-            };
-            create_resource(c, &resource).await?;
-            config_arn
-        }
-    };
+    let check =
+        |body: &Value| check_resource_file(&resource_file_for(&placeholder_recipe(), None, Some(body), None));
+    let config_arn = save_named(c, DISTRIBUTION, update, body, &["dateCreated"], check).await?;
     Ok(json!({ "distributionConfigurationArn": config_arn }))
 }
 
@@ -646,7 +627,6 @@ pub(super) async fn put_pipeline(c: &Ctx<'_>, update: Option<&str>) -> Result<Va
         .map_err(|e| ApiError::InvalidParameterValue(e.to_string()))?;
     }
     c.tags("imageTags")?;
-    let now = time::OffsetDateTime::now_utc();
     let mut body = copy_members(
         c.input(),
         &[
@@ -669,50 +649,8 @@ pub(super) async fn put_pipeline(c: &Ctx<'_>, update: Option<&str>) -> Result<Va
         "enhancedImageMetadataEnabled".into(),
         json!(c.opt_bool("enhancedImageMetadataEnabled")?.unwrap_or(true)),
     );
-    let pipeline_arn = match update {
-        Some(member) => {
-            let old = c.owned(PIPELINE, member).await?;
-            for keep in ["dateCreated", "dateLastRun", "lastRunStatus"] {
-                if let Some(v) = old.body.get(keep).filter(|v| !v.is_null()) {
-                    body.insert(keep.into(), v.clone());
-                }
-            }
-            body.extend([
-                ("arn".into(), json!(old.arn)),
-                ("name".into(), json!(old.name)),
-                ("dateUpdated".into(), date(now)),
-            ]);
-            c.server
-                .store()
-                .update_api_resource(&old.arn, &Value::Object(body), &old.tags)
-                .await
-                .map_err(internal)?;
-            old.arn
-        }
-        None => {
-            let name = c.req_str("name")?;
-            check_name(&name)?;
-            let pipeline_arn = arn(c.account(), PIPELINE, &name, None, None);
-            body.extend([
-                ("arn".into(), json!(pipeline_arn)),
-                ("name".into(), json!(name)),
-                ("dateCreated".into(), date(now)),
-            ]);
-            let resource = ApiResource {
-                arn: pipeline_arn.clone(),
-                kind: PIPELINE.into(),
-                name,
-                version: None,
-                account: c.account().to_owned(),
-                body: Value::Object(body),
-                tags: c.tags("tags")?,
-                created_at: now,
-                updated_at: now,
-            };
-            create_resource(c, &resource).await?;
-            pipeline_arn
-        }
-    };
+    let keep = ["dateCreated", "dateLastRun", "lastRunStatus"];
+    let pipeline_arn = save_named(c, PIPELINE, update, body, &keep, |_| Ok(())).await?;
     Ok(json!({ "imagePipelineArn": pipeline_arn }))
 }
 
