@@ -140,7 +140,7 @@ fn the_cli_lists_every_builtin_with_version_and_parameters() {
     assert_eq!(level["allowedValues"], serde_json::json!(["1", "2"]));
 
     let human = text(&kiln(&["component", "builtin"]).stdout);
-    assert!(human.contains("kiln-firewall 1.0.0") && human.contains("AllowedTcpPorts = \"22\""), "{human}");
+    assert!(human.contains("kiln-firewall 1.0.1") && human.contains("AllowedTcpPorts = \"22\""), "{human}");
 
     // Each printed document validates as a file, as a user would save and run it.
     let dir = tempfile::tempdir().unwrap();
