@@ -462,15 +462,25 @@ pub(super) async fn list_recipes(c: &Ctx<'_>) -> Result<Value, ApiError> {
     };
     rs.retain(|r| passes(&filters, |f| field(r, f)));
     by_name_version(&mut rs);
-    let items = rs
-        .iter()
-        .map(|r| {
-            let mut v = summary(r, &["name", "platform", "owner", "parentImage", "dateCreated"]);
-            v.insert("tags".into(), tags_value(&r.tags));
-            Value::Object(v)
-        })
-        .collect();
+    let members = ["name", "platform", "owner", "parentImage", "dateCreated"];
+    let items = rs.iter().map(|r| Value::Object(summary_with_tags(r, &members))).collect();
     Ok(page.output("imageRecipeSummaryList", items))
+}
+
+/// The account's stored resources of `kind` that pass the request's filters (`filter_names`
+/// are the ones the operation accepts).
+async fn filtered(c: &Ctx<'_>, kind: &str, filter_names: &[&str]) -> Result<Vec<ApiResource>, ApiError> {
+    let filters = c.filters(filter_names)?;
+    let mut rs = c.server.store().list_api_resources(kind, Some(c.account())).await.map_err(internal)?;
+    rs.retain(|r| passes(&filters, |f| field(r, f)));
+    Ok(rs)
+}
+
+/// A list item: the `members` of a resource's body, and its tags.
+fn summary_with_tags(r: &ApiResource, members: &[&str]) -> Map<String, Value> {
+    let mut v = summary(r, members);
+    v.insert("tags".into(), tags_value(&r.tags));
+    v
 }
 
 // ---- infrastructure configurations -----------------------------------------------------
@@ -505,30 +515,18 @@ pub(super) async fn put_infrastructure(c: &Ctx<'_>, update: Option<&str>) -> Res
 
 pub(super) async fn list_infrastructure(c: &Ctx<'_>) -> Result<Value, ApiError> {
     let page = c.page()?;
-    let filters = c.filters(&["name"])?;
-    let mut rs =
-        c.server.store().list_api_resources(INFRASTRUCTURE, Some(c.account())).await.map_err(internal)?;
-    rs.retain(|r| passes(&filters, |f| field(r, f)));
-    let items = rs
-        .iter()
-        .map(|r| {
-            let mut v = summary(
-                r,
-                &[
-                    "name",
-                    "description",
-                    "dateCreated",
-                    "dateUpdated",
-                    "resourceTags",
-                    "instanceTypes",
-                    "instanceProfileName",
-                    "placement",
-                ],
-            );
-            v.insert("tags".into(), tags_value(&r.tags));
-            Value::Object(v)
-        })
-        .collect();
+    let members = [
+        "name",
+        "description",
+        "dateCreated",
+        "dateUpdated",
+        "resourceTags",
+        "instanceTypes",
+        "instanceProfileName",
+        "placement",
+    ];
+    let rs = filtered(c, INFRASTRUCTURE, &["name"]).await?;
+    let items = rs.iter().map(|r| Value::Object(summary_with_tags(r, &members))).collect();
     Ok(page.output("infrastructureConfigurationSummaryList", items))
 }
 
@@ -574,15 +572,11 @@ fn placeholder_recipe() -> Value {
 
 pub(super) async fn list_distribution(c: &Ctx<'_>) -> Result<Value, ApiError> {
     let page = c.page()?;
-    let filters = c.filters(&["name"])?;
-    let mut rs =
-        c.server.store().list_api_resources(DISTRIBUTION, Some(c.account())).await.map_err(internal)?;
-    rs.retain(|r| passes(&filters, |f| field(r, f)));
+    let rs = filtered(c, DISTRIBUTION, &["name"]).await?;
     let items = rs
         .iter()
         .map(|r| {
-            let mut v = summary(r, &["name", "description", "dateCreated", "dateUpdated"]);
-            v.insert("tags".into(), tags_value(&r.tags));
+            let mut v = summary_with_tags(r, &["name", "description", "dateCreated", "dateUpdated"]);
             let regions: Vec<Value> = r.body["distributions"]
                 .as_array()
                 .into_iter()
@@ -656,9 +650,7 @@ pub(super) async fn put_pipeline(c: &Ctx<'_>, update: Option<&str>) -> Result<Va
 
 pub(super) async fn list_pipelines(c: &Ctx<'_>) -> Result<Value, ApiError> {
     let page = c.page()?;
-    let filters = c.filters(&["name", "status"])?;
-    let mut rs = c.server.store().list_api_resources(PIPELINE, Some(c.account())).await.map_err(internal)?;
-    rs.retain(|r| passes(&filters, |f| field(r, f)));
+    let rs = filtered(c, PIPELINE, &["name", "status"]).await?;
     Ok(page.output("imagePipelineList", rs.iter().map(with_tags).collect()))
 }
 
