@@ -7,19 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{text, workspace};
-
-/// The layer and package cache shared by every build test (and kept between runs).
-fn shared_cache() -> PathBuf {
-    let dir = std::env::var_os("KILN_TEST_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
-        });
-        base.join("kiln/test-cache")
-    });
-    std::fs::create_dir_all(&dir).expect("create the shared test cache");
-    dir
-}
+use common::{shared_cache, text, workspace};
 
 struct Home {
     dir: tempfile::TempDir,

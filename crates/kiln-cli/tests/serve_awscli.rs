@@ -5,24 +5,15 @@
 //! build sandbox), the package mirror on a cold cache, the `aws` command and Python's boto3
 //! (`scripts/install-deps.sh --test` installs them); skipped with a message otherwise.
 
+mod common;
+
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::shared_cache;
 use serde_json::{Value, json};
-
-/// The layer and package cache shared with the build tests (see tests/build.rs).
-fn shared_cache() -> PathBuf {
-    let dir = std::env::var_os("KILN_TEST_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
-        });
-        base.join("kiln/test-cache")
-    });
-    std::fs::create_dir_all(&dir).expect("create the shared test cache");
-    dir
-}
 
 fn available(program: &str, args: &[&str]) -> bool {
     Command::new(program)

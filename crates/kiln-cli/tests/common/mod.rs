@@ -20,6 +20,19 @@ pub fn shared() -> PathBuf {
     dir
 }
 
+/// The layer and package cache shared by every heavy test (and kept between runs), so the
+/// Debian base is bootstrapped once.
+pub fn shared_cache() -> PathBuf {
+    let dir = std::env::var_os("KILN_TEST_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
+        });
+        base.join("kiln/test-cache")
+    });
+    std::fs::create_dir_all(&dir).expect("create the shared test cache");
+    dir
+}
+
 /// Run the kiln binary.
 pub fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
