@@ -31,7 +31,6 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// [`Metrics::encode_text`]).
 const COUNTERS: &[&str] = &[
     "kiln_image_state_transitions",
-    "kiln_scan_findings",
     "kiln_threat_findings",
     "kiln_api_requests",
     "kiln_webhook_deliveries",
@@ -72,7 +71,7 @@ pub struct Metrics {
     image_transitions: Family<Labels, Counter>,
     stage_duration: Family<Labels, Histogram, fn() -> Histogram>,
     queue_depth: Gauge,
-    scan_findings: Family<Labels, Counter>,
+    scan_findings: Family<Labels, Gauge>,
     threat_findings: Family<Labels, Counter>,
     api_requests: Family<Labels, Counter>,
     api_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -116,10 +115,10 @@ impl Metrics {
             "Jobs waiting for a worker (set by the server)",
             queue_depth.clone(),
         );
-        let scan_findings = Family::<Labels, Counter>::default();
+        let scan_findings = Family::<Labels, Gauge>::default();
         registry.register(
             "kiln_scan_findings",
-            "Vulnerability findings recorded by scans, by severity",
+            "Open vulnerability findings (latest scan of each image not deleted), by severity",
             scan_findings.clone(),
         );
         let threat_findings = Family::<Labels, Counter>::default();
@@ -189,9 +188,10 @@ impl Metrics {
         self.queue_depth.set(clamp_i64(depth));
     }
 
-    /// Count `count` vulnerability findings of `severity` recorded by a scan.
-    pub fn record_scan_findings(&self, severity: &str, count: u64) {
-        self.scan_findings.get_or_create(&vec![("severity", label(severity))]).inc_by(count);
+    /// Set how many open vulnerability findings of `severity` the catalogue's images have
+    /// (from their latest scans; a rescan or a deletion lowers it).
+    pub fn set_scan_findings(&self, severity: &str, count: u64) {
+        self.scan_findings.get_or_create(&vec![("severity", label(severity))]).set(clamp_i64(count));
     }
 
     /// Count a threat finding raised (or seen again) of `finding_type` and `severity`.

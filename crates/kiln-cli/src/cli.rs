@@ -182,6 +182,17 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
 
+    /// Build pipeline executions queued by `kiln serve`, without serving HTTP: more build
+    /// capacity on the same state (several workers, on one machine or, with a shared database
+    /// and store, several). Each execution is claimed by one worker; a worker that dies loses
+    /// its claims when their leases run out, and the executions fail with a reason. Stops on
+    /// SIGTERM or ctrl-c like `kiln serve`. Needs root to build.
+    ///
+    /// Example: kiln serve --listen 127.0.0.1:8080 --workers 0 &
+    ///          kiln worker --workers 2
+    #[command(verbatim_doc_comment)]
+    Worker(WorkerArgs),
+
     /// Users of the API: access keys and IAM-style policies.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -202,9 +213,12 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
-    /// How many pipeline executions build at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// How many pipeline executions build at once in the server (0: none; `kiln worker`
+    /// processes build them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub workers: u16,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
     /// Send signed notifications (image state changes, threat findings) to this URL; repeat for
     /// several. Needs a secret: --webhook-secret-file or KILN_WEBHOOK_SECRET.
     #[arg(long = "webhook", value_name = "URL")]
@@ -215,6 +229,29 @@ pub struct ServeArgs {
     /// Do not fire pipelines' schedules (executions start only through the API).
     #[arg(long)]
     pub no_scheduler: bool,
+}
+
+/// `kiln worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// How many pipeline executions build at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
+
+/// How long builds are held and waited for; shared by `kiln serve` and `kiln worker`.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// Seconds a claimed execution is held without a heartbeat (renewed three times per
+    /// lease). When a worker dies, its builds are failed this long after its last heartbeat;
+    /// a cancellation reaches a build in another process within a third of it.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease_seconds: u64,
+    /// Seconds shutdown waits for running builds to stop before failing them.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub shutdown_grace_seconds: u64,
 }
 
 /// `kiln audit`: the API server's audit log.

@@ -24,9 +24,12 @@ fn main() -> ExitCode {
     kiln_instance::prepare_main_if_requested();
 
     let cli = Cli::parse();
-    // The server logs each API call and build event at info level.
-    let verbose =
-        if matches!(cli.command, Command::Serve(_)) { cli.global.verbose.max(1) } else { cli.global.verbose };
+    // The server and workers log each API call and build event at info level.
+    let verbose = if matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
+        cli.global.verbose.max(1)
+    } else {
+        cli.global.verbose
+    };
     init_logging(verbose, cli.global.log_format);
     let home = kiln_home(cli.global.home.clone());
     let result = match cli.command {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => commands::key::run(&home, cmd),
         Command::Lifecycle(cmd) => commands::lifecycle::run(&home, cmd),
         Command::Serve(args) => commands::serve::run(&home, args),
+        Command::Worker(args) => commands::serve::worker(&home, args),
         Command::Admin(cmd) => commands::serve::admin(&home, cmd),
         Command::Audit(args) => commands::audit::run(&home, args),
         Command::Threats(args) => commands::threats::run(&home, args),

@@ -1,16 +1,17 @@
 //! kiln-server owns carrying out the Image Builder API's operations on kiln's state and running
-//! pipeline executions inside the server: the users of the API with their policies and access
-//! keys (secrets sealed at rest), the credential store and the operations behind kiln-api's
-//! router (components, image recipes, infrastructure and distribution configurations, image
-//! pipelines, images, tags, scan findings), client-token idempotency and pagination, and the
-//! worker pool that claims pipeline executions from kiln-store's job queue and builds them with
-//! kiln-build. It must not know HTTP details (signatures, paths, error encoding), which stay in
-//! kiln-api; it gets authenticated, authorised calls as JSON and answers JSON or an
-//! [`kiln_api::ApiError`].
+//! pipeline executions: the users of the API with their policies and access keys (secrets
+//! sealed at rest), the credential store and the operations behind kiln-api's router
+//! (components, image recipes, infrastructure and distribution configurations, image pipelines,
+//! images, tags, scan findings), client-token idempotency and pagination, and the worker pools
+//! (inside `kiln serve` or alone in `kiln worker` processes) that claim pipeline executions from
+//! kiln-store's job queue and build them with kiln-build. It must not know HTTP details
+//! (signatures, paths, error encoding), which stay in kiln-api; it gets authenticated,
+//! authorised calls as JSON and answers JSON or an [`kiln_api::ApiError`].
 
 mod credentials;
 pub mod monitor;
 pub(crate) mod ops;
+mod pool;
 pub mod scheduler;
 pub mod secrets;
 mod serve;
@@ -28,10 +29,11 @@ use kiln_api::server::{Call, Caller, Credential, Credentials, Operations};
 use kiln_store::Store;
 
 pub use credentials::CREDENTIAL_TTL;
+pub use pool::{WorkerOptions, work};
 pub use secrets::SecretBox;
 pub use serve::{ServeOptions, serve};
 pub use users::{NewUserKey, UserSummary, create_user, delete_user, list_users};
-pub use worker::{EXECUTION_JOB, INTERRUPTED_REASON};
+pub use worker::{DEFAULT_LEASE, EXECUTION_JOB, INTERRUPTED_REASON};
 
 /// The region in the ARNs the server hands out.
 pub const REGION: &str = kiln_model::LOCAL_REGION;

@@ -332,6 +332,13 @@ impl Monitoring {
             self.metrics.set_images_in_state(state.as_str(), n);
         }
         self.metrics.set_queue_depth(self.store.queue_depth().await?);
+        let findings = self.store.open_finding_counts().await?;
+        // Every severity is set, so one whose last finding was fixed falls to 0.
+        let severities = SEVERITIES.iter().copied().chain(findings.iter().map(|(s, _)| s.as_str()));
+        for severity in severities {
+            let n = findings.iter().find(|(s, _)| s == severity).map_or(0, |(_, n)| *n);
+            self.metrics.set_scan_findings(severity, n);
+        }
         Ok(())
     }
 
@@ -395,6 +402,9 @@ impl Monitoring {
         }
     }
 }
+
+/// Inspector's severity names, as kiln's scanner records them.
+const SEVERITIES: [&str; 6] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNTRIAGED"];
 
 /// Where the follower is in the store's feeds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

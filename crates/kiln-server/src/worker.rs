@@ -16,12 +16,13 @@ use crate::Server;
 
 /// The job kind of a pipeline execution.
 pub const EXECUTION_JOB: &str = "pipeline-execution";
-/// Why an execution interrupted by a stopped server failed.
-pub const INTERRUPTED_REASON: &str = "the server stopped during the build";
+/// Why an execution interrupted by a stopped server or worker failed.
+pub const INTERRUPTED_REASON: &str = "the kiln worker running the build stopped";
 
-/// How long a claimed execution is held without a heartbeat.
-pub(crate) const LEASE: Duration = Duration::from_secs(30);
-const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a claimed execution is held without a heartbeat, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// How often an idle worker looks for work when no in-process wake-up comes (the only way a
+/// worker in another process, `kiln worker`, learns of a new execution).
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// What a queued execution carries: the image record made at start and the resource file
@@ -47,11 +48,12 @@ impl ExecutionPayload {
     }
 }
 
-/// One worker: claims executions until the server shuts down.
-pub(crate) async fn run(server: Server, worker_id: String) {
+/// One worker: claims executions, held for `lease` between heartbeats, until the server
+/// shuts down.
+pub(crate) async fn run(server: Server, worker_id: String, lease: Duration) {
     while !server.is_shutting_down() {
-        match server.store().claim(&worker_id, LEASE).await {
-            Ok(Some(job)) if job.kind == EXECUTION_JOB => execute(&server, &worker_id, job).await,
+        match server.store().claim(&worker_id, lease).await {
+            Ok(Some(job)) if job.kind == EXECUTION_JOB => execute(&server, &worker_id, job, lease).await,
             Ok(Some(job)) => {
                 let error = format!("kiln serve has no handler for jobs of kind {}", job.kind);
                 let _ = server.store().fail(job.id, &worker_id, &error).await;
@@ -67,7 +69,7 @@ pub(crate) async fn run(server: Server, worker_id: String) {
     }
 }
 
-async fn execute(server: &Server, worker_id: &str, job: Job) {
+async fn execute(server: &Server, worker_id: &str, job: Job, lease: Duration) {
     let store = server.store();
     let Some(payload) = ExecutionPayload::from_json(&job.payload) else {
         let _ = store.fail(job.id, worker_id, "the job's payload is not an execution").await;
@@ -99,7 +101,8 @@ async fn execute(server: &Server, worker_id: &str, job: Job) {
     }
     let cancel = Arc::new(AtomicBool::new(false));
     server.running().insert(arn.clone(), cancel.clone());
-    let heartbeat = tokio::spawn(heartbeat(server.clone(), worker_id.to_owned(), job.id, cancel.clone()));
+    let heartbeat =
+        tokio::spawn(heartbeat(server.clone(), worker_id.to_owned(), job.id, lease, cancel.clone()));
     let request = BuildRequest {
         resource_file: file,
         out_dir: None,
@@ -156,11 +159,12 @@ async fn fail_image(server: &Server, arn: &str, reason: &str) {
     }
 }
 
-/// Renews the lease until aborted; a cancellation request or a lost lease stops the build.
-async fn heartbeat(server: Server, worker_id: String, job: i64, cancel: Arc<AtomicBool>) {
+/// Renews the lease (three times per lease, so one slow write does not lose it) until
+/// aborted; a cancellation request or a lost lease stops the build.
+async fn heartbeat(server: Server, worker_id: String, job: i64, lease: Duration, cancel: Arc<AtomicBool>) {
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
-        match server.store().heartbeat(job, &worker_id, LEASE).await {
+        tokio::time::sleep(lease / 3).await;
+        match server.store().heartbeat(job, &worker_id, lease).await {
             Ok(false) => {}
             Ok(true) => cancel.store(true, Ordering::SeqCst),
             Err(StoreError::LeaseLost { .. }) => {

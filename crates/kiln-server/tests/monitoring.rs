@@ -174,3 +174,65 @@ async fn calls_are_audited_measured_and_threats_notified() {
     stop_tx.send(()).unwrap();
     serving.await.unwrap().unwrap();
 }
+
+/// A scan with `high` HIGH findings and one CRITICAL, as the scan stage records it.
+fn scan(arn: &str, high: usize) -> kiln_store::NewScan {
+    let finding = |id: String, severity: &str| kiln_store::NewScanFinding {
+        vulnerability_id: id.clone(),
+        package: "openssl".into(),
+        severity: severity.into(),
+        fix_available: true,
+        body: serde_json::json!({ "packageVulnerabilityDetails": { "vulnerabilityId": id } }),
+    };
+    let mut findings: Vec<_> = (0..high).map(|n| finding(format!("CVE-2026-{n:04}"), "HIGH")).collect();
+    findings.push(finding("CVE-2026-9999".into(), "CRITICAL"));
+    kiln_store::NewScan {
+        image_arn: arn.into(),
+        trigger: kiln_store::ScanTrigger::Build,
+        feeds: serde_json::json!([]),
+        summary: serde_json::json!({}),
+        findings,
+    }
+}
+
+#[tokio::test]
+async fn the_findings_gauge_follows_the_latest_scans_of_images_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::open(dir.path()).await.unwrap();
+    let store = server.store();
+    let monitoring =
+        kiln_server::monitor::Monitoring::start(store.clone(), &Default::default()).await.unwrap();
+    let mut cursor = monitoring.cursors().await.unwrap();
+    let image = |name: &str| kiln_store::NewImage {
+        name: name.into(),
+        version: kiln_store::Version::parse("1.0.0").unwrap(),
+        region: "local".into(),
+        account: "111122223333".into(),
+        recipe: serde_json::json!({}),
+        tags: Default::default(),
+    };
+    let web = store.create_image(&image("web")).await.unwrap().arn;
+    let db = store.create_image(&image("db")).await.unwrap().arn;
+    store.record_scan(&scan(&web, 3)).await.unwrap();
+    store.record_scan(&scan(&db, 2)).await.unwrap();
+    let gauge = |text: &str, severity: &str| -> f64 {
+        let prefix = format!("kiln_scan_findings{{severity=\"{severity}\"}} ");
+        let line =
+            text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{prefix} in {text}"));
+        line[prefix.len()..].parse().unwrap()
+    };
+    monitoring.follow_once(&mut cursor).await.unwrap();
+    let text = monitoring.metrics.encode_text();
+    assert_eq!((gauge(&text, "HIGH"), gauge(&text, "CRITICAL"), gauge(&text, "LOW")), (5.0, 2.0, 0.0));
+
+    // A rescan replaces an image's findings; a deleted image's findings are no longer open.
+    store.record_scan(&scan(&web, 1)).await.unwrap();
+    monitoring.follow_once(&mut cursor).await.unwrap();
+    let text = monitoring.metrics.encode_text();
+    assert_eq!((gauge(&text, "HIGH"), gauge(&text, "CRITICAL")), (3.0, 2.0));
+    store.transition(&db, kiln_store::ImageState::Failed, Some("test")).await.unwrap();
+    store.transition(&db, kiln_store::ImageState::Deleted, Some("test")).await.unwrap();
+    monitoring.follow_once(&mut cursor).await.unwrap();
+    let text = monitoring.metrics.encode_text();
+    assert_eq!((gauge(&text, "HIGH"), gauge(&text, "CRITICAL")), (1.0, 1.0));
+}

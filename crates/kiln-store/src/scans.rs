@@ -397,6 +397,23 @@ impl Store {
         rows.into_iter().map(FindingRow::into_finding).collect()
     }
 
+    /// How many findings the latest scans of the images not DELETED have, by severity
+    /// (the open findings of the catalogue; `kiln serve`'s metrics).
+    pub async fn open_finding_counts(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT f.severity, COUNT(*) FROM image_scan_findings f \
+                 JOIN images i ON i.arn = f.image_arn \
+                 WHERE f.scan_id IN (SELECT MAX(s.id) FROM image_scans s GROUP BY s.image_arn) \
+                 AND i.state <> 'DELETED' GROUP BY f.severity ORDER BY f.severity",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(db("count open findings by severity"))?
+        });
+        Ok(rows.into_iter().map(|(s, n)| (s, u64::try_from(n).unwrap_or(0))).collect())
+    }
+
     /// Mark the image as needing a rebuild, with why (replacing an earlier mark).
     pub async fn mark_needs_rebuild(&self, arn: &str, reason: &str) -> Result<()> {
         let op = "mark an image as needing a rebuild";

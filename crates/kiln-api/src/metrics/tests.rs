@@ -20,8 +20,10 @@ fn populated() -> Metrics {
     m.observe_stage("build", Duration::from_secs(42));
     m.observe_stage("test", Duration::from_millis(95_500));
     m.set_queue_depth(7);
-    m.record_scan_findings("HIGH", 4);
-    m.record_scan_findings("CRITICAL", 1);
+    m.set_scan_findings("HIGH", 9);
+    // A gauge: the latest value counts, not the sum.
+    m.set_scan_findings("HIGH", 4);
+    m.set_scan_findings("CRITICAL", 1);
     m.record_threat_finding("UnauthorizedAccess:AccessKey/RepeatedFailures", "HIGH");
     m.record_request("GetImage", 200, "", Duration::from_millis(3));
     m.record_request("GetImage", 403, "AccessDeniedException", Duration::from_millis(1));
@@ -40,7 +42,7 @@ fn every_metric_is_exposed_with_its_type() {
         ("kiln_image_state_transitions", "counter"),
         ("kiln_build_stage_duration_seconds", "histogram"),
         ("kiln_job_queue_depth", "gauge"),
-        ("kiln_scan_findings", "counter"),
+        ("kiln_scan_findings", "gauge"),
         ("kiln_threat_findings", "counter"),
         ("kiln_api_requests", "counter"),
         ("kiln_api_request_duration_seconds", "histogram"),
@@ -228,7 +230,7 @@ fn the_exposition_parses_with_the_official_python_parsers() {
         assert_eq!(
             sample_value(
                 family(families, "kiln_scan_findings"),
-                "kiln_scan_findings_total",
+                "kiln_scan_findings",
                 &[("severity", "HIGH")]
             ),
             4.0

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kiln_server::{ServeOptions, Server};
+use kiln_server::{ServeOptions, Server, WorkerOptions};
 
-use crate::cli::{AdminCommand, ServeArgs};
+use crate::cli::{AdminCommand, LeaseArgs, ServeArgs, WorkerArgs};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
@@ -19,7 +19,7 @@ pub fn run(home: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("opening kiln's state in {}", home.display()))?;
         let mut options = ServeOptions::new(&args.listen);
-        options.workers = usize::from(args.workers);
+        options.workers = worker_options(args.workers, &args.lease);
         options.monitor.webhooks = webhooks(&args)?;
         if args.no_scheduler {
             options.scheduler = None;
@@ -38,6 +38,38 @@ pub fn run(home: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("serving on {}", args.listen))
     })?;
     // Builds still running on blocking threads were failed by `serve`; do not wait for them.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn worker_options(workers: u16, lease: &LeaseArgs) -> WorkerOptions {
+    WorkerOptions {
+        workers: usize::from(workers),
+        lease: Duration::from_secs(lease.lease_seconds),
+        shutdown_grace: Duration::from_secs(lease.shutdown_grace_seconds),
+    }
+}
+
+/// `kiln worker`: the worker pool alone; prints `worker ready` once it claims jobs.
+pub fn worker(home: &std::path::Path, args: WorkerArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let server = Server::open(home)
+            .await
+            .with_context(|| format!("opening kiln's state in {}", home.display()))?;
+        kiln_server::work(
+            server,
+            worker_options(args.workers, &args.lease),
+            || {
+                use std::io::Write;
+                println!("worker ready ({} at once)", args.workers);
+                let _ = std::io::stdout().flush();
+            },
+            shutdown_signal(),
+        )
+        .await
+        .context("running the workers")
+    })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }
