@@ -258,7 +258,8 @@ impl Monitoring {
         }
     }
 
-    /// Follows the store from now on (the past is not replayed) until aborted.
+    /// Follows the store from where the last server left off (see [`Monitoring::cursors`])
+    /// until aborted, saving its position after each pass that moved it.
     pub async fn follow(self: Arc<Self>, interval: Duration) {
         let mut cursor = match self.cursors().await {
             Ok(c) => c,
@@ -268,19 +269,39 @@ impl Monitoring {
             }
         };
         loop {
+            let before = cursor;
             if let Err(e) = self.follow_once(&mut cursor).await {
                 tracing::warn!("following the store: {e}");
+            }
+            if cursor != before {
+                if let Err(e) = self.save_cursors(cursor).await {
+                    tracing::warn!("saving where monitoring is in the store: {e}");
+                }
             }
             tokio::time::sleep(interval).await;
         }
     }
 
-    /// Where following starts: the latest state change and usage event.
+    /// Where following starts: where the last server saved it was, so state changes and
+    /// launches while no server ran (builds by `kiln worker`, `kiln launch`) are still
+    /// notified and examined; on the very first start, the latest state change and usage
+    /// event (the past before kiln serve ever ran is not replayed).
     pub async fn cursors(&self) -> Result<Cursor, StoreError> {
-        Ok(Cursor {
-            state_change: self.store.latest_state_change_id().await?,
-            usage: self.store.latest_usage_id().await?,
-        })
+        let state_change = match self.store.cursor(STATE_CHANGE_CURSOR).await? {
+            Some(p) => p,
+            None => self.store.latest_state_change_id().await?,
+        };
+        let usage = match self.store.cursor(USAGE_CURSOR).await? {
+            Some(p) => p,
+            None => self.store.latest_usage_id().await?,
+        };
+        Ok(Cursor { state_change, usage })
+    }
+
+    /// Saves the position for the next server's [`Monitoring::cursors`].
+    pub async fn save_cursors(&self, cursor: Cursor) -> Result<(), StoreError> {
+        self.store.save_cursor(STATE_CHANGE_CURSOR, cursor.state_change).await?;
+        self.store.save_cursor(USAGE_CURSOR, cursor.usage).await
     }
 
     /// One pass: state changes and usage after `cursor` (moved past them), then the gauges.
@@ -402,6 +423,10 @@ impl Monitoring {
         }
     }
 }
+
+/// The names the follower's positions are saved under.
+const STATE_CHANGE_CURSOR: &str = "monitor.image-state-changes";
+const USAGE_CURSOR: &str = "monitor.usage-events";
 
 /// Inspector's severity names, as kiln's scanner records them.
 const SEVERITIES: [&str; 6] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNTRIAGED"];

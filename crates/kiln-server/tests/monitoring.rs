@@ -236,3 +236,42 @@ async fn the_findings_gauge_follows_the_latest_scans_of_images_not_deleted() {
     let text = monitoring.metrics.encode_text();
     assert_eq!((gauge(&text, "HIGH"), gauge(&text, "CRITICAL")), (1.0, 1.0));
 }
+
+#[tokio::test]
+async fn a_restarted_follower_picks_up_what_happened_while_no_server_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::open(dir.path()).await.unwrap();
+    let store = server.store();
+    let new = kiln_store::NewImage {
+        name: "web".into(),
+        version: kiln_store::Version::parse("1.0.0").unwrap(),
+        region: "local".into(),
+        account: "111122223333".into(),
+        recipe: serde_json::json!({}),
+        tags: Default::default(),
+    };
+    let before_any_server = store.create_image(&new).await.unwrap().arn;
+    store.transition(&before_any_server, kiln_store::ImageState::Building, None).await.unwrap();
+    let transitions = |m: &kiln_server::monitor::Monitoring, state: &str| -> usize {
+        let text = m.metrics.encode_text();
+        let prefix = format!("kiln_image_state_transitions_total{{state=\"{state}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    };
+
+    // The first server ever starts at the newest event: history before it is not replayed.
+    let first = kiln_server::monitor::Monitoring::start(store.clone(), &Default::default()).await.unwrap();
+    let mut cursor = first.cursors().await.unwrap();
+    first.follow_once(&mut cursor).await.unwrap();
+    assert_eq!(transitions(&first, "BUILDING"), 0);
+    first.save_cursors(cursor).await.unwrap();
+
+    // While no server runs, a worker finishes the build.
+    store.transition(&before_any_server, kiln_store::ImageState::Available, None).await.unwrap();
+
+    // The next server starts where the first one stopped and sees it.
+    let next = kiln_server::monitor::Monitoring::start(store.clone(), &Default::default()).await.unwrap();
+    let mut cursor = next.cursors().await.unwrap();
+    next.follow_once(&mut cursor).await.unwrap();
+    assert_eq!(transitions(&next, "AVAILABLE"), 1);
+    assert_eq!(transitions(&next, "BUILDING"), 0, "only what happened after the saved position");
+}

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Result, db};
 use crate::images::ImageState;
-use crate::{Store, parse_ts, with_pool};
+use crate::{Store, fmt_ts, now, parse_ts, with_pool};
 
 /// One state change of one image, with its position in the history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -78,6 +78,35 @@ impl Store {
                 .map_err(db("read the latest image state change"))?
         });
         Ok(id.unwrap_or(0))
+    }
+
+    /// The position a follower saved under `name` with [`Store::save_cursor`], if it ever did.
+    pub async fn cursor(&self, name: &str) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT position FROM feed_cursors WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+                .map_err(db("read a feed cursor"))?
+        });
+        Ok(row.map(|(p,)| p))
+    }
+
+    /// Saves a follower's position under `name` (replacing the previous one).
+    pub async fn save_cursor(&self, name: &str, position: i64) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO feed_cursors (name, position, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(position)
+            .bind(fmt_ts(now()))
+            .execute(pool)
+            .await
+            .map_err(db("save a feed cursor"))?
+        });
+        Ok(())
     }
 
     /// How many images are in each state (states without images left out), by state name.
