@@ -12,12 +12,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
+async fn open(home: &std::path::Path) -> Result<Server> {
+    Server::open(home).await.with_context(|| format!("opening kiln's state in {}", home.display()))
+}
+
 pub fn run(home: &std::path::Path, args: ServeArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
-        let server = Server::open(home)
-            .await
-            .with_context(|| format!("opening kiln's state in {}", home.display()))?;
+        let server = open(home).await?;
         let mut options = ServeOptions::new(&args.listen);
         options.workers = worker_options(args.workers, &args.lease);
         options.monitor.webhooks = webhooks(&args)?;
@@ -54,9 +56,7 @@ fn worker_options(workers: u16, lease: &LeaseArgs) -> WorkerOptions {
 pub fn worker(home: &std::path::Path, args: WorkerArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
-        let server = Server::open(home)
-            .await
-            .with_context(|| format!("opening kiln's state in {}", home.display()))?;
+        let server = open(home).await?;
         kiln_server::work(
             server,
             worker_options(args.workers, &args.lease),
@@ -117,9 +117,7 @@ async fn shutdown_signal() {
 pub fn admin(home: &std::path::Path, cmd: AdminCommand) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
-        let server = Server::open(home)
-            .await
-            .with_context(|| format!("opening kiln's state in {}", home.display()))?;
+        let server = open(home).await?;
         match cmd {
             AdminCommand::CreateUser { name, policy, account, json } => {
                 let text = std::fs::read_to_string(&policy)
