@@ -227,94 +227,203 @@ pub fn parse_lifecycle_policy(file: &str, text: &str) -> Result<LifecyclePolicy,
         Some("the lifecycle policy"),
         Some("see examples/lifecycle/ for a complete policy"),
     )?;
-    let mut diags = Vec::new();
-    let at = |path: &[Seg<'_>]| span_at(&root, path);
-    use Seg::{Index, Key};
-    if policy.name.trim().is_empty() {
-        diags.push(Diagnostic::new(file, at(&[Key("name")]), "the policy name is empty"));
-    }
-    if policy.resource_type == ResourceType::ContainerImage {
-        diags.push(Diagnostic::new(
-            file,
-            at(&[Key("resourceType")]),
-            "kiln makes VM images only: use `AMI_IMAGE`",
-        ));
-    }
-    if policy.policy_details.is_empty() {
-        diags.push(Diagnostic::new(file, at(&[Key("policyDetails")]), "the policy has no rule"));
-    }
-    for (i, d) in policy.policy_details.iter().enumerate() {
-        let rule = |fields: &[&'static str]| {
-            let mut p = vec![Key("policyDetails"), Index(i)];
-            p.extend(fields.iter().map(|f| Key(f)));
-            at(&p)
-        };
-        if policy.policy_details[..i].iter().any(|o| o.action.kind == d.action.kind) {
-            diags.push(
-                Diagnostic::new(
-                    file,
-                    rule(&["action", "type"]),
-                    format!("a second {} rule: each action has one rule", d.action.kind.as_str()),
-                )
-                .with_hint("merge the two rules"),
-            );
-        }
-        let f = &d.filter;
-        if f.value == 0 {
-            diags.push(Diagnostic::new(file, rule(&["filter", "value"]), "the value must be at least 1"));
-        }
-        match f.kind {
-            FilterType::Age if f.unit.is_none() => diags.push(
-                Diagnostic::new(file, rule(&["filter"]), "an AGE filter needs a `unit`")
-                    .with_hint("DAYS, WEEKS, MONTHS or YEARS"),
-            ),
-            FilterType::Count if f.unit.is_some() => diags.push(Diagnostic::new(
-                file,
-                rule(&["filter", "unit"]),
-                "a COUNT filter has no unit: `value` is how many of the newest images are kept",
-            )),
-            FilterType::Count if f.retain_at_least.is_some() => diags.push(Diagnostic::new(
-                file,
-                rule(&["filter", "retainAtLeast"]),
-                "`retainAtLeast` goes with an AGE filter: a COUNT filter keeps `value` images already",
-            )),
-            _ => {}
-        }
-        if let Some(amis) = d.exclusion_rules.as_ref().and_then(|e| e.amis.as_ref()) {
-            if let Some(bad) = amis.shared_accounts.iter().find(|a| !crate::is_account_id(a)) {
-                diags.push(Diagnostic::new(
-                    file,
-                    rule(&["exclusionRules", "amis", "sharedAccounts"]),
-                    format!("`{bad}` is not an account id (twelve digits)"),
-                ));
-            }
-            if amis.last_launched.is_some_and(|p| p.value == 0) {
-                diags.push(Diagnostic::new(
-                    file,
-                    rule(&["exclusionRules", "amis", "lastLaunched", "value"]),
-                    "the value must be at least 1",
-                ));
-            }
-        }
-    }
-    let sel = &policy.resource_selection;
-    if sel.recipes.is_empty() && sel.tag_map.is_empty() {
-        diags.push(
-            Diagnostic::new(file, at(&[Key("resourceSelection")]), "the policy selects no image")
-                .with_hint("name `recipes` (name and semanticVersion) or a `tagMap`"),
-        );
-    }
-    for (i, r) in sel.recipes.iter().enumerate() {
-        if let Err(e) = VersionFilter::parse(&r.semantic_version) {
-            diags.push(Diagnostic::new(
-                file,
-                at(&[Key("resourceSelection"), Key("recipes"), Index(i), Key("semanticVersion")]),
-                e.to_string(),
-            ));
-        }
-    }
+    let mut diags: Vec<Diagnostic> = policy
+        .problems()
+        .into_iter()
+        .map(|p| {
+            let segs: Vec<Seg<'_>> = p
+                .path
+                .iter()
+                .map(|m| match m {
+                    Member::Key(k) => Seg::Key(k.as_str()),
+                    Member::Index(i) => Seg::Index(*i),
+                })
+                .collect();
+            let mut d = Diagnostic::new(file, span_at(&root, &segs), p.message);
+            d.hint = p.hint;
+            d
+        })
+        .collect();
     diags.sort_by_key(|d| (d.line, d.column));
     if diags.is_empty() { Ok(policy) } else { Err(diags) }
+}
+
+/// Reads a policy from the JSON of an API request (the members of `CreateLifecyclePolicy`
+/// that a policy has, and no other) and checks it as [`parse_lifecycle_policy`] does. There
+/// are no positions in a request, so each problem names its member instead.
+pub fn lifecycle_policy_from_json(value: serde_json::Value) -> Result<LifecyclePolicy, Vec<Problem>> {
+    let policy: LifecyclePolicy = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(Member::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Member::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        vec![Problem { path, message: e.into_inner().to_string(), hint: None }]
+    })?;
+    let problems = policy.problems();
+    if problems.is_empty() { Ok(policy) } else { Err(problems) }
+}
+
+/// One step of the path to a member of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Member {
+    Key(String),
+    Index(usize),
+}
+
+/// A mistake in a policy, at the member it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: Vec<Member>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    fn at(path: &[Member], message: impl Into<String>) -> Problem {
+        Problem { path: path.to_vec(), message: message.into(), hint: None }
+    }
+
+    fn with_hint(mut self, hint: &str) -> Problem {
+        self.hint = Some(hint.to_owned());
+        self
+    }
+
+    /// The member as the API names it: `policyDetails[0].filter.value` (`.` for the policy
+    /// itself).
+    pub fn member(&self) -> String {
+        let mut out = String::new();
+        for m in &self.path {
+            match m {
+                Member::Key(k) if out.is_empty() => out.push_str(k),
+                Member::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Member::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        if out.is_empty() { ".".into() } else { out }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.member(), self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+fn key(k: &str) -> Member {
+    Member::Key(k.to_owned())
+}
+
+/// `value` within Image Builder's limits `min..=max` for the member at `path`.
+fn check_range(out: &mut Vec<Problem>, path: &[Member], value: u32, min: u32, max: u32) {
+    if value < min {
+        out.push(Problem::at(path, format!("the value must be at least {min}")));
+    } else if value > max {
+        out.push(Problem::at(path, format!("the value must be at most {max} (Image Builder's limit)")));
+    }
+}
+
+impl LifecyclePolicy {
+    /// What serde does not check: rules that conflict, values out of Image Builder's ranges,
+    /// a policy that selects nothing. Empty when the policy is good.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.name.trim().is_empty() {
+            out.push(Problem::at(&[key("name")], "the policy name is empty"));
+        }
+        if self.resource_type == ResourceType::ContainerImage {
+            out.push(Problem::at(&[key("resourceType")], "kiln makes VM images only: use `AMI_IMAGE`"));
+        }
+        if self.policy_details.is_empty() {
+            out.push(Problem::at(&[key("policyDetails")], "the policy has no rule"));
+        }
+        for (i, d) in self.policy_details.iter().enumerate() {
+            let rule = |fields: &[&str]| {
+                let mut p = vec![key("policyDetails"), Member::Index(i)];
+                p.extend(fields.iter().map(|f| key(f)));
+                p
+            };
+            if self.policy_details[..i].iter().any(|o| o.action.kind == d.action.kind) {
+                out.push(
+                    Problem::at(
+                        &rule(&["action", "type"]),
+                        format!("a second {} rule: each action has one rule", d.action.kind.as_str()),
+                    )
+                    .with_hint("merge the two rules"),
+                );
+            }
+            let f = &d.filter;
+            check_range(&mut out, &rule(&["filter", "value"]), f.value, 1, 1000);
+            if let Some(n) = f.retain_at_least {
+                check_range(&mut out, &rule(&["filter", "retainAtLeast"]), n, 1, 10);
+            }
+            match f.kind {
+                FilterType::Age if f.unit.is_none() => out.push(
+                    Problem::at(&rule(&["filter"]), "an AGE filter needs a `unit`")
+                        .with_hint("DAYS, WEEKS, MONTHS or YEARS"),
+                ),
+                FilterType::Count if f.unit.is_some() => out.push(Problem::at(
+                    &rule(&["filter", "unit"]),
+                    "a COUNT filter has no unit: `value` is how many of the newest images are kept",
+                )),
+                FilterType::Count if f.retain_at_least.is_some() => out.push(Problem::at(
+                    &rule(&["filter", "retainAtLeast"]),
+                    "`retainAtLeast` goes with an AGE filter: a COUNT filter keeps `value` images already",
+                )),
+                _ => {}
+            }
+            if let Some(amis) = d.exclusion_rules.as_ref().and_then(|e| e.amis.as_ref()) {
+                if let Some(bad) = amis.shared_accounts.iter().find(|a| !crate::is_account_id(a)) {
+                    out.push(Problem::at(
+                        &rule(&["exclusionRules", "amis", "sharedAccounts"]),
+                        format!("`{bad}` is not an account id (twelve digits)"),
+                    ));
+                }
+                if let Some(period) = amis.last_launched {
+                    check_range(
+                        &mut out,
+                        &rule(&["exclusionRules", "amis", "lastLaunched", "value"]),
+                        period.value,
+                        1,
+                        365,
+                    );
+                }
+            }
+        }
+        let sel = &self.resource_selection;
+        if sel.recipes.is_empty() && sel.tag_map.is_empty() {
+            out.push(
+                Problem::at(&[key("resourceSelection")], "the policy selects no image")
+                    .with_hint("name `recipes` (name and semanticVersion) or a `tagMap`"),
+            );
+        }
+        if sel.recipes.len() > 50 {
+            out.push(Problem::at(
+                &[key("resourceSelection"), key("recipes")],
+                "at most 50 recipes (Image Builder's limit)",
+            ));
+        }
+        for (i, r) in sel.recipes.iter().enumerate() {
+            if let Err(e) = VersionFilter::parse(&r.semantic_version) {
+                out.push(Problem::at(
+                    &[key("resourceSelection"), key("recipes"), Member::Index(i), key("semanticVersion")],
+                    e.to_string(),
+                ));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -369,5 +478,29 @@ resourceSelection:
         assert!(e.iter().any(|m| m.contains("a second DELETE rule")), "{e:?}");
         let e = errors("name: x\npolicyDetails: []\nresourceSelection: {}\n");
         assert_eq!(e.len(), 2, "{e:?}");
+        let e = errors(&POLICY.replace("value: 90", "value: 1001"));
+        assert!(e[0].starts_with("p.yml:7:33: ") && e[0].contains("at most 1000"), "{e:?}");
+    }
+
+    #[test]
+    fn api_json_problems_name_their_member() {
+        let good = serde_json::json!({"name": "j", "policyDetails": [{"action": {"type": "DISABLE"},
+            "filter": {"type": "AGE", "value": 2, "unit": "MONTHS"}}],
+            "resourceSelection": {"tagMap": {"env": "dev"}}});
+        assert_eq!(lifecycle_policy_from_json(good.clone()).unwrap().policy_details.len(), 1);
+        let problems = |v: serde_json::Value| -> Vec<String> {
+            lifecycle_policy_from_json(v).unwrap_err().iter().map(ToString::to_string).collect()
+        };
+        let mut bad = good.clone();
+        bad["policyDetails"][0]["filter"]["type"] = "SIZE".into();
+        let e = problems(bad);
+        assert!(e[0].starts_with("`policyDetails[0].filter.type`: unknown variant `SIZE`"), "{e:?}");
+        let mut bad = good.clone();
+        bad["policyDetails"][0]["filter"] = serde_json::json!({"type": "COUNT", "value": 0});
+        assert_eq!(problems(bad), ["`policyDetails[0].filter.value`: the value must be at least 1"]);
+        let mut bad = good;
+        bad["policyDetails"][0].as_object_mut().unwrap().remove("action");
+        let e = problems(bad);
+        assert!(e[0].contains("`policyDetails[0]`: missing field `action`"), "{e:?}");
     }
 }

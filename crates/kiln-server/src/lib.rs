@@ -2,13 +2,15 @@
 //! pipeline executions: the users of the API with their policies and access keys (secrets
 //! sealed at rest), the credential store and the operations behind kiln-api's router
 //! (components, image recipes, infrastructure and distribution configurations, image pipelines,
-//! images, tags, scan findings), client-token idempotency and pagination, and the worker pools
-//! (inside `kiln serve` or alone in `kiln worker` processes) that claim pipeline executions from
-//! kiln-store's job queue and build them with kiln-build. It must not know HTTP details
-//! (signatures, paths, error encoding), which stay in kiln-api; it gets authenticated,
-//! authorised calls as JSON and answers JSON or an [`kiln_api::ApiError`].
+//! images, tags, scan findings, lifecycle policies and their executions), client-token
+//! idempotency and pagination, the worker pools (inside `kiln serve` or alone in `kiln worker`
+//! processes) that claim pipeline executions from kiln-store's job queue and build them with
+//! kiln-build, and the runs of lifecycle policies. It must not know HTTP details (signatures,
+//! paths, error encoding), which stay in kiln-api; it gets authenticated, authorised calls as
+//! JSON and answers JSON or an [`kiln_api::ApiError`].
 
 mod credentials;
+mod lifecycle;
 pub mod monitor;
 pub(crate) mod ops;
 mod pool;
@@ -29,6 +31,7 @@ use kiln_api::server::{Call, Caller, Credential, Credentials, Operations};
 use kiln_store::Store;
 
 pub use credentials::CREDENTIAL_TTL;
+pub use lifecycle::{LIFECYCLE_INTERVAL, LifecycleRun, run_due_lifecycle_policies, run_lifecycle_policies};
 pub use pool::{WorkerOptions, work};
 pub use secrets::SecretBox;
 pub use serve::{ServeOptions, serve};

@@ -3,7 +3,9 @@
 //! pure [`decide`] (the dependency check on a blocking thread), the slot it consumes recorded
 //! in the store, and a due pipeline started through the same code path as
 //! `StartImagePipelineExecution`, with the decision's reason on the new image. A pipeline with
-//! an execution in progress is not started again; its slot waits for the next pass.
+//! an execution in progress is not started again; its slot waits for the next pass. Each pass
+//! also runs the lifecycle policies that have not run for `lifecycle_interval`
+//! (`crate::run_due_lifecycle_policies`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +32,18 @@ pub type IndexFactory = Arc<dyn Fn(&Kiln) -> Box<dyn PackageIndex> + Send + Sync
 #[derive(Clone)]
 pub struct SchedulerOptions {
     pub interval: Duration,
+    /// How often each lifecycle policy runs (from its `dateLastRun`).
+    pub lifecycle_interval: Duration,
     pub clock: Clock,
     pub index: IndexFactory,
 }
 
 impl std::fmt::Debug for SchedulerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchedulerOptions").field("interval", &self.interval).finish_non_exhaustive()
+        f.debug_struct("SchedulerOptions")
+            .field("interval", &self.interval)
+            .field("lifecycle_interval", &self.lifecycle_interval)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,6 +51,7 @@ impl Default for SchedulerOptions {
     fn default() -> Self {
         SchedulerOptions {
             interval: INTERVAL,
+            lifecycle_interval: crate::LIFECYCLE_INTERVAL,
             clock: Arc::new(OffsetDateTime::now_utc),
             index: Arc::new(|kiln: &Kiln| Box::new(kiln.sandbox_index()) as Box<dyn PackageIndex>),
         }
@@ -78,11 +86,16 @@ pub struct Evaluation {
     pub outcome: Outcome,
 }
 
-/// Evaluates the pipelines every `options.interval` until the server shuts down.
+/// Evaluates the pipelines, and runs the lifecycle policies that are due, every
+/// `options.interval` until the server shuts down.
 pub async fn run(server: Server, options: SchedulerOptions) {
     while !server.is_shutting_down() {
-        if let Err(e) = tick(&server, (options.clock)(), &options.index).await {
+        let now = (options.clock)();
+        if let Err(e) = tick(&server, now, &options.index).await {
             tracing::warn!("scheduler: {e}");
+        }
+        if let Err(e) = crate::run_due_lifecycle_policies(&server, now, options.lifecycle_interval).await {
+            tracing::warn!("scheduler: lifecycle policies: {e}");
         }
         tokio::time::sleep(options.interval).await;
     }

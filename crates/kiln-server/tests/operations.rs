@@ -347,3 +347,106 @@ async fn a_deletion_by_another_process_applies_within_the_ttl() {
     let (status, code, _) = env.send(&user, "POST", "/ListComponents", json!({})).await;
     assert_eq!((status, code.as_str()), (403, "InvalidClientTokenId"));
 }
+
+#[tokio::test]
+async fn create_image_queues_an_execution_without_a_pipeline() {
+    let env = Env::new().await;
+    let pipeline = env.pipeline("web").await;
+    let recipe = "arn:aws:imagebuilder:local:111122223333:image-recipe/web/1.0.0";
+    let infra = "arn:aws:imagebuilder:local:111122223333:infrastructure-configuration/web";
+    let dist = "arn:aws:imagebuilder:local:111122223333:distribution-configuration/web";
+    let request = json!({"imageRecipeArn": recipe, "infrastructureConfigurationArn": infra,
+        "distributionConfigurationArn": dist, "imageTestsConfiguration": {"imageTestsEnabled": false},
+        "tags": {"via": "create-image"}, "clientToken": "ci1"});
+    let out = env.ok("PUT", "/CreateImage", request.clone()).await;
+    let image = out["imageBuildVersionArn"].as_str().unwrap().to_owned();
+    assert_eq!(image, "arn:aws:imagebuilder:local:111122223333:image/web/1.0.0/1");
+    assert_eq!(out["clientToken"], "ci1");
+    assert!(out["requestId"].is_string());
+    // The same token: the same image, no second execution.
+    assert_eq!(env.ok("PUT", "/CreateImage", request.clone()).await["imageBuildVersionArn"], image.as_str());
+    let jobs = env.server.store().list_jobs(Some(kiln_store::JobState::Queued)).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].payload["imageArn"], image.as_str());
+    assert_eq!(jobs[0].payload["noTest"], true);
+    assert_eq!(jobs[0].payload["resourceFile"]["imageRecipe"]["name"], "web");
+    let got = env.ok("GET", &format!("/GetImage?imageBuildVersionArn={}", enc(&image)), Value::Null).await;
+    let got = &got["image"];
+    assert_eq!(got["state"]["status"], "PENDING");
+    assert!(got.get("sourcePipelineArn").is_none() && got.get("sourcePipelineName").is_none(), "{got}");
+    assert_eq!(got["imageRecipe"]["name"], "web");
+    assert_eq!(got["infrastructureConfiguration"]["name"], "web");
+    assert_eq!(got["distributionConfiguration"]["name"], "web");
+    assert_eq!(got["imageTestsConfiguration"], json!({"imageTestsEnabled": false}));
+    assert_eq!(got["enhancedImageMetadataEnabled"], true);
+    assert_eq!(got["tags"]["via"], "create-image");
+    let record = env.server.store().execution_of(&image).await.unwrap().unwrap();
+    assert_eq!((record.pipeline_arn, record.job_id), (None, jobs[0].id));
+    // Not one of the pipeline's images.
+    let listed = env.ok("POST", "/ListImagePipelineImages", json!({"imagePipelineArn": pipeline})).await;
+    assert_eq!(listed["imageSummaryList"], json!([]));
+    // Tests run unless turned off, as for pipelines; the distribution is optional.
+    let out = env
+        .ok(
+            "PUT",
+            "/CreateImage",
+            json!({"imageRecipeArn": recipe, "infrastructureConfigurationArn": infra, "clientToken": "ci2"}),
+        )
+        .await;
+    let second = out["imageBuildVersionArn"].as_str().unwrap();
+    assert!(second.ends_with("/web/1.0.0/2"), "{second}");
+    let jobs = env.server.store().list_jobs(Some(kiln_store::JobState::Queued)).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs.iter().find(|j| j.payload["imageArn"] == second).unwrap().payload["noTest"], false);
+    // A CreateImage image is cancelled like any other.
+    env.ok("PUT", "/CancelImageCreation", json!({"imageBuildVersionArn": image, "clientToken": "c1"})).await;
+    assert_eq!(
+        env.server.store().get_job(record.job_id).await.unwrap().state,
+        kiln_store::JobState::Cancelled
+    );
+
+    let with = |member: &str, value: Value, token: &str| {
+        let mut r = request.clone();
+        r[member] = value;
+        r["clientToken"] = json!(token);
+        r
+    };
+    let unknown = with(
+        "imageRecipeArn",
+        json!("arn:aws:imagebuilder:local:111122223333:image-recipe/nope/1.0.0"),
+        "e1",
+    );
+    assert_eq!(env.err("PUT", "/CreateImage", unknown).await, "ResourceNotFoundException");
+    let unknown = with(
+        "infrastructureConfigurationArn",
+        json!("arn:aws:imagebuilder:local:111122223333:infrastructure-configuration/nope"),
+        "e2",
+    );
+    assert_eq!(env.err("PUT", "/CreateImage", unknown).await, "ResourceNotFoundException");
+    let workflows = with(
+        "workflows",
+        json!([{"workflowArn": "arn:aws:imagebuilder:local:aws:workflow/build/x/1.0.0"}]),
+        "e3",
+    );
+    let (status, code, body) = env.send(&env.admin, "PUT", "/CreateImage", workflows).await;
+    assert_eq!((status, code.as_str()), (400, "InvalidParameterValueException"));
+    assert!(body["message"].as_str().unwrap().contains("built-in build and test workflow"), "{body}");
+    assert_eq!(
+        env.ok("PUT", "/CreateImage", with("workflows", json!([]), "e4")).await["imageBuildVersionArn"],
+        "arn:aws:imagebuilder:local:111122223333:image/web/1.0.0/3"
+    );
+    let container = with(
+        "containerRecipeArn",
+        json!("arn:aws:imagebuilder:local:111122223333:container-recipe/c/1.0.0"),
+        "e5",
+    );
+    assert_eq!(env.err("PUT", "/CreateImage", container).await, "InvalidParameterValueException");
+    let mut no_recipe = request.clone();
+    no_recipe.as_object_mut().unwrap().remove("imageRecipeArn");
+    no_recipe["clientToken"] = json!("e6");
+    assert_eq!(env.err("PUT", "/CreateImage", no_recipe).await, "InvalidRequestException");
+    // Another account cannot build from this account's recipe.
+    let other = env.user("other", "444455556666", ADMIN).await;
+    let (_, code, _) = env.send(&other, "PUT", "/CreateImage", with("clientToken", json!("o1"), "o1")).await;
+    assert_eq!(code, "ResourceNotFoundException");
+}

@@ -51,7 +51,7 @@ async fn a_matching_schedule_starts_once_per_window_and_never_twice_at_once() {
     assert_eq!(image.reason.as_deref(), Some(reason.as_str()));
     let history = store.image_history(&image_arn).await.unwrap();
     assert_eq!(history[0].reason.as_deref(), Some(reason.as_str()), "the first history entry says why");
-    assert_eq!(store.execution_of(&image_arn).await.unwrap().unwrap().pipeline_arn, pipeline);
+    assert_eq!(store.execution_of(&image_arn).await.unwrap().unwrap().pipeline_arn, Some(pipeline.clone()));
 
     // Still PENDING ten minutes later: not started again.
     let much_later = later + time::Duration::minutes(10);
@@ -112,7 +112,7 @@ async fn a_slot_without_dependency_updates_is_skipped() {
         .await
         .unwrap();
     let job = store.enqueue("test", &json!({})).await.unwrap();
-    store.record_execution(&image.arn, &pipeline, job, &json!({})).await.unwrap();
+    store.record_execution(&image.arn, Some(&pipeline), job, &json!({})).await.unwrap();
     for state in [ImageState::Building, ImageState::Available] {
         store.transition(&image.arn, state, None).await.unwrap();
     }

@@ -1,6 +1,6 @@
 //! What the API server keeps: users with their policy and sealed access keys, the resources
 //! created through the API (as opaque JSON bodies), client tokens of idempotent calls, and
-//! pipeline executions. The store does not know what a policy or a body says, nor how a
+//! executions (of a pipeline, or of `CreateImage`). The store does not know what a policy or a body says, nor how a
 //! secret is sealed.
 
 use time::OffsetDateTime;
@@ -57,11 +57,12 @@ pub struct ClientTokenRecord {
     pub response: serde_json::Value,
 }
 
-/// A pipeline execution: the image it builds and the job building it.
+/// An execution started through the API: the image it builds and the job building it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiExecution {
     pub image_arn: String,
-    pub pipeline_arn: String,
+    /// The pipeline it ran; `None` for an image created without one (`CreateImage`).
+    pub pipeline_arn: Option<String>,
     pub job_id: i64,
     /// What the execution was started with (recipe, configurations), opaque here.
     pub snapshot: serde_json::Value,
@@ -291,6 +292,33 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Replace a resource's body and tags if it has not been updated since `seen` (its
+    /// `updated_at` when read), so a background writer does not undo a concurrent update.
+    /// Returns whether it was replaced (false: changed or gone; read it again).
+    pub async fn update_api_resource_if_unchanged(
+        &self,
+        arn: &str,
+        seen: OffsetDateTime,
+        body: &serde_json::Value,
+        tags: &Tags,
+    ) -> Result<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE api_resources SET body = $1, tags = $2, updated_at = $3 WHERE arn = $4 AND updated_at = $5",
+            )
+            .bind(body.to_string())
+            .bind(tags_to_json(tags))
+            .bind(fmt_ts(now()))
+            .bind(arn)
+            .bind(fmt_ts(seen))
+            .execute(pool)
+            .await
+            .map_err(db("update a resource"))?
+            .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
     /// The resource with this ARN.
     pub async fn get_api_resource(&self, arn: &str) -> Result<Option<ApiResource>> {
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM api_resources WHERE arn = $1");
@@ -384,11 +412,12 @@ impl Store {
         Ok(self.client_token(account, operation, token).await?.unwrap_or_else(|| record.clone()))
     }
 
-    /// Record that `image_arn` is built by job `job_id` for `pipeline_arn`.
+    /// Record that `image_arn` is built by job `job_id` for `pipeline_arn` (`None`: an image
+    /// created without a pipeline).
     pub async fn record_execution(
         &self,
         image_arn: &str,
-        pipeline_arn: &str,
+        pipeline_arn: Option<&str>,
         job_id: i64,
         snapshot: &serde_json::Value,
     ) -> Result<()> {
@@ -425,7 +454,7 @@ impl Store {
             "SELECT image_arn, pipeline_arn, job_id, snapshot, created_at FROM api_executions \
              WHERE {column} = $1 ORDER BY created_at, image_arn"
         );
-        let rows: Vec<(String, String, i64, String, String)> = with_pool!(self, pool => {
+        let rows: Vec<(String, Option<String>, i64, String, String)> = with_pool!(self, pool => {
             sqlx::query_as(&sql).bind(value).fetch_all(pool).await.map_err(db("read executions"))?
         });
         rows.into_iter()

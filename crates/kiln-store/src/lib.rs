@@ -2,9 +2,8 @@
 //! numbers and state history, their inventories, vulnerability scans and findings, and the
 //! images a rescan marked as needing a rebuild, launch permissions, names per region, usage
 //! per account), the audit log of API calls and threat findings, the API's users, access keys
-//! (sealed), resources, client tokens and pipeline executions, the job queue that `kiln
-//! worker`s claim from, and the index
-//! of the layer cache, all behind one storage interface, [`Store`]. It holds names,
+//! (sealed), resources, client tokens, executions and the runs of lifecycle policies, the
+//! job queue that `kiln worker`s claim from, and the index of the layer cache, all behind one storage interface, [`Store`]. It holds names,
 //! versions, digests, states and opaque JSON bodies; it does not know what a component
 //! document says, how a sandbox runs or what a disk holds. Today the backend is SQLite
 //! (WAL, `busy_timeout`, foreign keys) through `sqlx`, with schema migrations embedded from
@@ -27,6 +26,7 @@ mod error;
 mod images;
 mod jobs;
 mod layers;
+mod lifecycle;
 mod recipes;
 mod regions;
 mod scans;
@@ -55,6 +55,7 @@ pub use jobs::{DEFAULT_MAX_ATTEMPTS, Job, JobState, NewJob};
 /// the catalogue calls a [`kiln_model::SemVer`] a `Version`.
 pub use kiln_model::version::{MAX_VERSION_PART, SemVer as Version, VersionError, VersionFilter};
 pub use layers::Layer;
+pub use lifecycle::{LifecycleExecution, LifecycleExecutionState};
 pub use recipes::{NewRecipe, Recipe};
 pub use regions::ImageRegion;
 pub use scans::{FindingFilter, NewScan, NewScanFinding, RebuildMark, Scan, ScanFinding, ScanTrigger};

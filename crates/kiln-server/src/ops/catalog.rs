@@ -6,8 +6,8 @@ use kiln_store::{ApiResource, ComponentSource, NewComponent, StoreError, Tags, V
 use serde_json::{Map, Value, json};
 
 use super::{
-    COMPONENT, Ctx, DISTRIBUTION, INFRASTRUCTURE, PIPELINE, RECIPE, arn, check_name, check_tag_key,
-    check_version, copy_members, date, internal, passes, strings, tags_of, tags_value,
+    COMPONENT, Ctx, DISTRIBUTION, INFRASTRUCTURE, LIFECYCLE, PIPELINE, RECIPE, arn, check_name,
+    check_tag_key, check_version, copy_members, date, internal, passes, strings, tags_of, tags_value,
 };
 
 /// The largest inline component document the model allows.
@@ -383,7 +383,7 @@ pub(super) async fn create_recipe(c: &Ctx<'_>) -> Result<Value, ApiError> {
     Ok(json!({ "imageRecipeArn": recipe_arn }))
 }
 
-async fn create_resource(c: &Ctx<'_>, r: &ApiResource) -> Result<(), ApiError> {
+pub(super) async fn create_resource(c: &Ctx<'_>, r: &ApiResource) -> Result<(), ApiError> {
     c.server.store().create_api_resource(r).await.map_err(|e| match e {
         StoreError::ApiResourceExists { arn } => ApiError::ResourceAlreadyExists(format!(
             "{arn} already exists; delete it first or choose another name{}.",
@@ -720,7 +720,7 @@ async fn tagged(c: &Ctx<'_>) -> Result<Tagged, ApiError> {
             Ok(Tagged::Image(image))
         }
         COMPONENT => Ok(Tagged::Resource(c.owned_arn(COMPONENT, &component_build_arn(&arn)).await?)),
-        kind @ (RECIPE | INFRASTRUCTURE | DISTRIBUTION | PIPELINE) => {
+        kind @ (RECIPE | INFRASTRUCTURE | DISTRIBUTION | PIPELINE | LIFECYCLE) => {
             Ok(Tagged::Resource(c.owned_arn(kind, &arn).await?))
         }
         _ => Err(not_found()),
@@ -783,8 +783,8 @@ pub(super) async fn list_tags(c: &Ctx<'_>) -> Result<Value, ApiError> {
 
 // ---- the resource file of a build ----------------------------------------------------------
 
-/// kiln's resource file (JSON, which its YAML reader accepts) for a recipe and the
-/// pipeline's configurations, with the API shapes mapped to kiln's: component ARNs without
+/// kiln's resource file (JSON, which its YAML reader accepts) for a recipe, its
+/// configurations and the pipeline's (or `CreateImage` request's) settings, with the API shapes mapped to kiln's: component ARNs without
 /// build numbers, only the members kiln knows.
 pub(crate) fn resource_file_for(
     recipe: &Value,

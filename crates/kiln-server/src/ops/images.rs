@@ -98,18 +98,15 @@ pub(super) async fn get_image(c: &Ctx<'_>) -> Result<Value, ApiError> {
     let mut out = image_summary(&image);
     let execution = c.server.store().execution_of(&image.arn).await.map_err(internal)?;
     if let (Some(o), Some(e)) = (out.as_object_mut(), execution) {
-        o.insert("sourcePipelineArn".into(), json!(e.pipeline_arn));
-        for member in [
-            "sourcePipelineName",
-            "imageRecipe",
-            "infrastructureConfiguration",
-            "distributionConfiguration",
-            "imageTestsConfiguration",
-            "imageScanningConfiguration",
-            "enhancedImageMetadataEnabled",
-        ] {
-            if let Some(v) = e.snapshot.get(member).filter(|v| !v.is_null()) {
-                o.insert(member.into(), v.clone());
+        // An image made by CreateImage has no pipeline, and so no sourcePipeline* members.
+        if let Some(pipeline) = &e.pipeline_arn {
+            o.insert("sourcePipelineArn".into(), json!(pipeline));
+        }
+        let built_from =
+            ["sourcePipelineName", "imageRecipe", "infrastructureConfiguration", "distributionConfiguration"];
+        for member in built_from.iter().chain(SETTINGS) {
+            if let Some(v) = e.snapshot.get(*member).filter(|v| !v.is_null()) {
+                o.insert((*member).into(), v.clone());
             }
         }
     }
@@ -291,10 +288,63 @@ pub(super) async fn start_execution(c: &Ctx<'_>) -> Result<Value, ApiError> {
     Ok(json!({ "imageBuildVersionArn": arn }))
 }
 
-/// Starts an execution of `pipeline` (owned by its account): the resource file materialised
-/// from its recipe and configurations, the image recorded PENDING with `reason` as why it was
-/// created, the build queued for the workers. What `StartImagePipelineExecution` and the
-/// scheduler both do; returns the new image's ARN.
+/// `CreateImage`: an image built from a recipe and configurations named in the request, with
+/// no pipeline, through the same start as a pipeline execution.
+pub(super) async fn create_image(c: &Ctx<'_>) -> Result<Value, ApiError> {
+    if c.opt_str("containerRecipeArn")?.is_some() {
+        return Err(ApiError::InvalidParameterValue(
+            "kiln builds no container images: give imageRecipeArn.".into(),
+        ));
+    }
+    match c.input().get("workflows") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) if list.is_empty() => {}
+        Some(_) => {
+            return Err(ApiError::InvalidParameterValue(
+                "workflows is not supported: kiln runs its built-in build and test workflow; leave \
+                 workflows out (imageTestsConfiguration.imageTestsEnabled turns the tests off)."
+                    .into(),
+            ));
+        }
+    }
+    // The ARNs are the caller's own words here, so a missing one is ResourceNotFound, as in
+    // CreateImagePipeline (a pipeline whose recipe went away since is ResourceDependency).
+    let recipe = c.owned(RECIPE, "imageRecipeArn").await?;
+    let infrastructure = c.owned(INFRASTRUCTURE, "infrastructureConfigurationArn").await?;
+    let distribution = match c.opt_str("distributionConfigurationArn")? {
+        Some(arn) => Some(c.owned_arn(DISTRIBUTION, &arn).await?),
+        None => None,
+    };
+    let mut settings = super::copy_members(
+        c.input(),
+        &["imageTestsConfiguration", "imageScanningConfiguration", "executionRole", "loggingConfiguration"],
+    );
+    settings.insert(
+        "enhancedImageMetadataEnabled".into(),
+        json!(c.opt_bool("enhancedImageMetadataEnabled")?.unwrap_or(true)),
+    );
+    let reason = format!("created by {}", c.call.caller.principal_arn);
+    let image = start_build(
+        c.server,
+        BuildStart {
+            account: c.account(),
+            recipe,
+            infrastructure,
+            distribution,
+            settings: &Value::Object(settings),
+            tags: c.tags("tags")?,
+            pipeline: None,
+            reason: &reason,
+        },
+    )
+    .await?;
+    Ok(json!({ "imageBuildVersionArn": image.arn }))
+}
+
+/// Starts an execution of `pipeline` (owned by its account): its recipe and configurations
+/// resolved, then [`start_build`] with `reason` as why the image was created, and the
+/// pipeline's `dateLastRun` updated. What `StartImagePipelineExecution` and the scheduler both
+/// do; returns the new image's ARN.
 pub(crate) async fn start_pipeline_execution(
     server: &crate::Server,
     pipeline: &kiln_store::ApiResource,
@@ -314,21 +364,72 @@ pub(crate) async fn start_pipeline_execution(
     let recipe_arn = body["imageRecipeArn"].as_str().unwrap_or_default().to_owned();
     let recipe = owned_arn(RECIPE, recipe_arn.clone()).await.map_err(|_| dependency(RECIPE, &recipe_arn))?;
     let infra_arn = body["infrastructureConfigurationArn"].as_str().unwrap_or_default().to_owned();
-    let infra = owned_arn(INFRASTRUCTURE, infra_arn.clone())
+    let infrastructure = owned_arn(INFRASTRUCTURE, infra_arn.clone())
         .await
         .map_err(|_| dependency(INFRASTRUCTURE, &infra_arn))?;
-    let dist = match body["distributionConfigurationArn"].as_str() {
+    let distribution = match body["distributionConfigurationArn"].as_str() {
         Some(a) => {
             Some(owned_arn(DISTRIBUTION, a.to_owned()).await.map_err(|_| dependency(DISTRIBUTION, a))?)
         }
         None => None,
     };
-    let file = resource_file_for(&recipe.body, Some(&infra.body), dist.as_ref().map(|d| &d.body), Some(body));
+    let mut tags = super::tags_of(body.get("imageTags"), "imageTags")?;
+    tags.extend(extra_tags);
+    let image = start_build(
+        server,
+        BuildStart {
+            account,
+            recipe,
+            infrastructure,
+            distribution,
+            settings: body,
+            tags,
+            pipeline: Some(pipeline),
+            reason,
+        },
+    )
+    .await?;
+    let mut updated = pipeline.body.clone();
+    if let Some(o) = updated.as_object_mut() {
+        o.insert("dateLastRun".into(), date(image.created_at));
+    }
+    server.store().update_api_resource(&pipeline.arn, &updated, &pipeline.tags).await.map_err(internal)?;
+    Ok(image.arn)
+}
+
+/// What a build is started from, resolved and owned by `account`.
+pub(crate) struct BuildStart<'a> {
+    pub account: &'a str,
+    pub recipe: kiln_store::ApiResource,
+    pub infrastructure: kiln_store::ApiResource,
+    pub distribution: Option<kiln_store::ApiResource>,
+    /// The pipeline's body or the `CreateImage` request: `imageTestsConfiguration`,
+    /// `imageScanningConfiguration`, `enhancedImageMetadataEnabled`, `executionRole`,
+    /// `loggingConfiguration`.
+    pub settings: &'a Value,
+    /// The new image's tags.
+    pub tags: kiln_store::Tags,
+    /// The pipeline that runs the build, if one does.
+    pub pipeline: Option<&'a kiln_store::ApiResource>,
+    /// Why the image is created (kept on the image).
+    pub reason: &'a str,
+}
+
+/// The one way the API starts a build: the resource file materialised from the recipe and
+/// configurations, the image recorded PENDING with the start's reason, the build queued for
+/// the workers with what it was started with (GetImage's recipe and configurations).
+async fn start_build(server: &crate::Server, start: BuildStart<'_>) -> Result<Image, ApiError> {
+    let BuildStart { account, recipe, infrastructure, distribution, settings, tags, pipeline, reason } =
+        start;
+    let file = resource_file_for(
+        &recipe.body,
+        Some(&infrastructure.body),
+        distribution.as_ref().map(|d| &d.body),
+        Some(settings),
+    );
     check_resource_file(&file)?;
     let version = Version::parse(&recipe.version.clone().unwrap_or_default())
         .map_err(|e| ApiError::InvalidVersionNumber(e.to_string()))?;
-    let mut tags = super::tags_of(body.get("imageTags"), "imageTags")?;
-    tags.extend(extra_tags);
     let store = server.store();
     let image = store
         .create_image(&NewImage {
@@ -343,36 +444,43 @@ pub(crate) async fn start_pipeline_execution(
         .map_err(internal)?;
     // Before the build is queued, so no worker has moved it past PENDING yet.
     store.set_creation_reason(&image.arn, reason).await.map_err(internal)?;
-    tracing::info!(image = %image.arn, pipeline = %pipeline.arn, reason, "pipeline execution started");
-    let no_test = body["imageTestsConfiguration"]["imageTestsEnabled"].as_bool() == Some(false);
+    let pipeline_arn = pipeline.map(|p| p.arn.as_str());
+    tracing::info!(image = %image.arn, pipeline = pipeline_arn.unwrap_or("none"), reason, "execution started");
+    let no_test = settings["imageTestsConfiguration"]["imageTestsEnabled"].as_bool() == Some(false);
     let payload = ExecutionPayload { image_arn: image.arn.clone(), resource_file: file, no_test };
     let job = kiln_store::NewJob { kind: EXECUTION_JOB.into(), payload: payload.to_json(), max_attempts: 1 };
     let queued = async {
         let id = store.enqueue_job(&job).await?;
-        let snapshot = json!({
-            "sourcePipelineName": pipeline.name,
+        let mut snapshot = json!({
             "imageRecipe": recipe.body,
-            "infrastructureConfiguration": infra.body,
-            "distributionConfiguration": dist.as_ref().map(|d| &d.body),
-            "imageTestsConfiguration": body.get("imageTestsConfiguration"),
-            "imageScanningConfiguration": body.get("imageScanningConfiguration"),
-            "enhancedImageMetadataEnabled": body.get("enhancedImageMetadataEnabled"),
+            "infrastructureConfiguration": infrastructure.body,
+            "distributionConfiguration": distribution.as_ref().map(|d| &d.body),
         });
-        store.record_execution(&image.arn, &pipeline.arn, id, &snapshot).await
+        if let Some(o) = snapshot.as_object_mut() {
+            if let Some(p) = pipeline {
+                o.insert("sourcePipelineName".into(), json!(p.name));
+            }
+            o.extend(super::copy_members(settings, SETTINGS));
+        }
+        store.record_execution(&image.arn, pipeline_arn, id, &snapshot).await
     };
     if let Err(e) = queued.await {
         let _ =
             store.transition(&image.arn, ImageState::Failed, Some("the execution could not be queued")).await;
         return Err(internal(e));
     }
-    let mut updated = pipeline.body.clone();
-    if let Some(o) = updated.as_object_mut() {
-        o.insert("dateLastRun".into(), date(image.created_at));
-    }
-    store.update_api_resource(&pipeline.arn, &updated, &pipeline.tags).await.map_err(internal)?;
     server.inner.queued.notify_one();
-    Ok(image.arn)
+    Ok(image)
 }
+
+/// The members of a start's settings GetImage answers as they were.
+const SETTINGS: &[&str] = &[
+    "imageTestsConfiguration",
+    "imageScanningConfiguration",
+    "enhancedImageMetadataEnabled",
+    "executionRole",
+    "loggingConfiguration",
+];
 
 /// The most log lines one `GetImageLogs` call answers.
 const MAX_LOG_LINES: usize = 10_000;

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod images;
+mod lifecycle;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +18,7 @@ use crate::{REGION, Server};
 
 pub(crate) use catalog::resource_file_for;
 pub(crate) use images::start_pipeline_execution;
+pub(crate) use lifecycle::stored_policy;
 
 /// Resource kinds as they appear in ARNs.
 pub(crate) const COMPONENT: &str = "component";
@@ -24,6 +26,7 @@ pub(crate) const RECIPE: &str = "image-recipe";
 pub(crate) const INFRASTRUCTURE: &str = "infrastructure-configuration";
 pub(crate) const DISTRIBUTION: &str = "distribution-configuration";
 pub(crate) const PIPELINE: &str = "image-pipeline";
+pub(crate) const LIFECYCLE: &str = "lifecycle-policy";
 
 const DEFAULT_PAGE: usize = 25;
 
@@ -97,6 +100,16 @@ async fn run(server: &Server, call: &Call) -> Result<Value, ApiError> {
         "DeleteImage" => images::delete_image(&c).await,
         "CancelImageCreation" => c.idempotent(|| images::cancel_image_creation(&c)).await,
         "StartImagePipelineExecution" => c.idempotent(|| images::start_execution(&c)).await,
+        "CreateImage" => c.idempotent(|| images::create_image(&c)).await,
+        "CreateLifecyclePolicy" => c.idempotent(|| lifecycle::create_policy(&c)).await,
+        "GetLifecyclePolicy" => catalog::get(&c, LIFECYCLE, "lifecyclePolicyArn", "lifecyclePolicy").await,
+        "ListLifecyclePolicies" => lifecycle::list_policies(&c).await,
+        "UpdateLifecyclePolicy" => c.idempotent(|| lifecycle::update_policy(&c)).await,
+        "DeleteLifecyclePolicy" => lifecycle::delete_policy(&c).await,
+        "GetLifecycleExecution" => lifecycle::get_execution(&c).await,
+        "ListLifecycleExecutions" => lifecycle::list_executions(&c).await,
+        "ListLifecycleExecutionResources" => lifecycle::list_execution_resources(&c).await,
+        "CancelLifecycleExecution" => c.idempotent(|| lifecycle::cancel_execution(&c)).await,
         "ListImageScanFindings" => images::list_scan_findings(&c).await,
         "GetImageLogs" => images::get_image_logs(&c).await,
         _ => Err(not_implemented(call.operation)),

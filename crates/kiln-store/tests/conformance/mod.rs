@@ -1106,3 +1106,78 @@ pub async fn image_regions_record_the_last_outcome_per_region(store: &Store) {
         Err(StoreError::ImageNotFound { .. })
     ));
 }
+
+pub async fn executions_with_and_without_a_pipeline(store: &Store) {
+    let a = store.create_image(&image("a", "1.0.0")).await.unwrap();
+    let b = store.create_image(&image("b", "1.0.0")).await.unwrap();
+    let pipeline = "arn:aws:imagebuilder:local:000000000000:image-pipeline/p";
+    store.record_execution(&a.arn, Some(pipeline), 1, &json!({"x": 1})).await.unwrap();
+    store.record_execution(&b.arn, None, 2, &json!({})).await.unwrap();
+    let of_a = store.execution_of(&a.arn).await.unwrap().unwrap();
+    assert_eq!((of_a.pipeline_arn.as_deref(), of_a.job_id), (Some(pipeline), 1));
+    assert_eq!(of_a.snapshot, json!({"x": 1}));
+    let of_b = store.execution_of(&b.arn).await.unwrap().unwrap();
+    assert_eq!((of_b.pipeline_arn, of_b.job_id), (None, 2));
+    let listed = store.pipeline_executions(pipeline).await.unwrap();
+    assert_eq!(listed.iter().map(|e| e.image_arn.as_str()).collect::<Vec<_>>(), [a.arn.as_str()]);
+}
+
+pub async fn lifecycle_executions_start_finish_once_list_and_delete(store: &Store) {
+    use kiln_store::LifecycleExecutionState::{Failed, Running, Success};
+    let policy = "arn:aws:imagebuilder:local:000000000000:lifecycle-policy/p";
+    let t0 = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    let t1 = t0 + time::Duration::hours(1);
+    store.start_lifecycle_execution("lce-1", policy, "000000000000", t0).await.unwrap();
+    store.start_lifecycle_execution("lce-2", policy, "000000000000", t1).await.unwrap();
+    store.start_lifecycle_execution("lce-3", "other", "111122223333", t1).await.unwrap();
+    let running = store.lifecycle_execution("lce-1").await.unwrap().unwrap();
+    assert_eq!((running.state, running.ended_at, running.resources.clone()), (Running, None, json!([])));
+    let resources = json!([{"resourceId": "arn:x"}]);
+    assert!(store.finish_lifecycle_execution("lce-1", Success, None, &resources, t1).await.unwrap());
+    // An execution ends once.
+    assert!(!store.finish_lifecycle_execution("lce-1", Failed, Some("late"), &json!([]), t1).await.unwrap());
+    let done = store.lifecycle_execution("lce-1").await.unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.reason, done.ended_at, done.resources),
+        (Success, None, Some(t1), resources)
+    );
+    assert_eq!(done.started_at, t0);
+    let listed: Vec<String> =
+        store.lifecycle_executions(policy).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(listed, ["lce-2", "lce-1"], "newest first, only the policy's");
+    assert_eq!(store.delete_lifecycle_executions(policy).await.unwrap(), 2);
+    assert!(store.lifecycle_execution("lce-1").await.unwrap().is_none());
+    assert!(store.lifecycle_execution("lce-3").await.unwrap().is_some());
+}
+
+pub async fn api_resource_conditional_update_refuses_a_changed_resource(store: &Store) {
+    let at = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    let r = kiln_store::ApiResource {
+        arn: "arn:aws:imagebuilder:local:000000000000:lifecycle-policy/p".into(),
+        kind: "lifecycle-policy".into(),
+        name: "p".into(),
+        version: None,
+        account: "000000000000".into(),
+        body: json!({"v": 1}),
+        tags: Tags::new(),
+        created_at: at,
+        updated_at: at,
+    };
+    store.create_api_resource(&r).await.unwrap();
+    let read = store.get_api_resource(&r.arn).await.unwrap().unwrap();
+    assert!(
+        store
+            .update_api_resource_if_unchanged(&r.arn, read.updated_at, &json!({"v": 2}), &r.tags)
+            .await
+            .unwrap()
+    );
+    // The same stale read again: refused, the newer body stays.
+    assert!(
+        !store
+            .update_api_resource_if_unchanged(&r.arn, read.updated_at, &json!({"v": 3}), &r.tags)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_api_resource(&r.arn).await.unwrap().unwrap().body, json!({"v": 2}));
+    assert!(!store.update_api_resource_if_unchanged("arn:none", at, &json!({}), &r.tags).await.unwrap());
+}
