@@ -89,6 +89,12 @@ pub struct Evaluation {
 /// Evaluates the pipelines, and runs the lifecycle policies that are due, every
 /// `options.interval` until the server shuts down.
 pub async fn run(server: Server, options: SchedulerOptions) {
+    let reason = "the server stopped during the run";
+    match server.store().fail_running_lifecycle_executions(reason, (options.clock)()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!("failed {n} lifecycle execution(s) interrupted by a stopped server"),
+        Err(e) => tracing::warn!("scheduler: lifecycle executions: {e}"),
+    }
     while !server.is_shutting_down() {
         let now = (options.clock)();
         if let Err(e) = tick(&server, now, &options.index).await {

@@ -136,6 +136,24 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Fails every RUNNING execution with `reason` (the server that ran them stopped: runs are
+    /// synchronous in one server's scheduler, so at its start none can still be running).
+    /// Returns how many there were.
+    pub async fn fail_running_lifecycle_executions(&self, reason: &str, at: OffsetDateTime) -> Result<u64> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("UPDATE lifecycle_executions SET state = $1, reason = $2, ended_at = $3 WHERE state = $4")
+                .bind(LifecycleExecutionState::Failed.as_str())
+                .bind(reason)
+                .bind(fmt_ts(at))
+                .bind(LifecycleExecutionState::Running.as_str())
+                .execute(pool)
+                .await
+                .map_err(db("fail interrupted lifecycle executions"))?
+                .rows_affected()
+        });
+        Ok(n)
+    }
+
     /// The lifecycle execution `id`, if there is one.
     pub async fn lifecycle_execution(&self, id: &str) -> Result<Option<LifecycleExecution>> {
         let sql = format!("SELECT {COLUMNS} FROM lifecycle_executions WHERE id = $1");

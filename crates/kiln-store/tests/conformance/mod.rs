@@ -1145,6 +1145,11 @@ pub async fn lifecycle_executions_start_finish_once_list_and_delete(store: &Stor
     let listed: Vec<String> =
         store.lifecycle_executions(policy).await.unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(listed, ["lce-2", "lce-1"], "newest first, only the policy's");
+    // A restarted server fails what its predecessor left running, and only that.
+    assert_eq!(store.fail_running_lifecycle_executions("stopped", t1).await.unwrap(), 2);
+    let interrupted = store.lifecycle_execution("lce-2").await.unwrap().unwrap();
+    assert_eq!((interrupted.state, interrupted.reason.as_deref()), (Failed, Some("stopped")));
+    assert_eq!(store.lifecycle_execution("lce-1").await.unwrap().unwrap().state, Success);
     assert_eq!(store.delete_lifecycle_executions(policy).await.unwrap(), 2);
     assert!(store.lifecycle_execution("lce-1").await.unwrap().is_none());
     assert!(store.lifecycle_execution("lce-3").await.unwrap().is_some());
