@@ -93,6 +93,20 @@ impl Kiln {
         image: &kiln_store::Image,
         again: bool,
     ) -> Result<Vec<RegionOutcome>, BuildError> {
+        self.distribute_until(image, again, None)
+    }
+
+    /// [`Kiln::distribute`], stopped by `cancel`: the uploads in flight are dropped, and the
+    /// regions they were for are recorded FAILED (`cancelled`) — their signed release, written
+    /// last, was not, so no reader takes them for published; a later `kiln image distribute`
+    /// resumes them. Regions finished before the cancel keep their AVAILABLE record (their
+    /// release is complete). Returns [`BuildError::Cancelled`].
+    pub fn distribute_until(
+        &self,
+        image: &kiln_store::Image,
+        again: bool,
+        cancel: Option<&kiln_host::Cancel>,
+    ) -> Result<Vec<RegionOutcome>, BuildError> {
         let manifest = image.manifest.clone().ok_or_else(|| {
             BuildError::Store(format!("image {} has no manifest: it was never built to the end", image.arn))
         })?;
@@ -131,6 +145,9 @@ impl Kiln {
         }
         let mut outcomes = Vec::new();
         for (files, group) in groups {
+            if crate::run::is_cancelled(cancel) {
+                return Err(BuildError::Cancelled);
+            }
             let mut results: Vec<Option<Result<kiln_dist::PushReport, kiln_dist::DistError>>> = Vec::new();
             let mut open = Vec::new();
             for (_, t) in &group {
@@ -142,16 +159,29 @@ impl Kiln {
                     Err(e) => results.push(Some(Err(e))),
                 }
             }
-            let mut pushed = self
-                .block_on(kiln_dist::push_many(
-                    &open,
-                    &keyring,
-                    &reference,
-                    &files,
-                    &manifest_bytes,
-                    PARALLEL,
-                ))
-                .into_iter();
+            let push = kiln_dist::push_many(&open, &keyring, &reference, &files, &manifest_bytes, PARALLEL);
+            let pushed = self.block_on(async {
+                tokio::select! {
+                    r = push => Some(r),
+                    () = cancelled(cancel) => None,
+                }
+            });
+            let Some(pushed) = pushed else {
+                for (_, t) in &group {
+                    self.block_on(self.store().set_image_region(
+                        &image.arn,
+                        &t.region,
+                        &t.store_url,
+                        "FAILED",
+                        Some("cancelled"),
+                        0,
+                        0,
+                    ))
+                    .map_err(|e| BuildError::Store(e.to_string()))?;
+                }
+                return Err(BuildError::Cancelled);
+            };
+            let mut pushed = pushed.into_iter();
             for ((n, t), result) in group.iter().zip(results) {
                 let result = result.or_else(|| pushed.next()).expect("one result per opened target");
                 let outcome = match result {
@@ -188,6 +218,17 @@ impl Kiln {
         // In the manifest's order of targets, as before they were grouped.
         outcomes.sort_by_key(|(n, _)| *n);
         Ok(outcomes.into_iter().map(|(_, o)| o).collect())
+    }
+}
+
+/// Resolves once `cancel` is cancelled (never without one). Polled: the token's hooks run in
+/// the cancelling thread, which has no waker of this runtime's.
+async fn cancelled(cancel: Option<&kiln_host::Cancel>) {
+    let Some(cancel) = cancel else {
+        return std::future::pending().await;
+    };
+    while !cancel.is_cancelled() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

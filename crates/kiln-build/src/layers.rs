@@ -70,18 +70,40 @@ impl LayerCache {
     /// Hold the lock for building layer `key`: concurrent builds (and `kiln worker`s sharing
     /// the cache) make each layer once; the others wait and then find it.
     pub fn lock(&self, key: &str) -> std::io::Result<LayerLock> {
+        self.lock_until(key, None)
+    }
+
+    /// [`LayerCache::lock`], giving up with [`std::io::ErrorKind::Interrupted`] once `cancel`
+    /// is cancelled: the other build holding the lock may run a long step.
+    pub fn lock_until(&self, key: &str, cancel: Option<&kiln_host::Cancel>) -> std::io::Result<LayerLock> {
         use std::os::fd::AsRawFd;
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.dir.join(format!("{key}.lock")))?;
-        // SAFETY: flock on a descriptor this function owns; the lock is released when the
-        // file is closed (LayerLock's drop).
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        let Some(cancel) = cancel else {
+            // SAFETY: flock on a descriptor this function owns; the lock is released when the
+            // file is closed (LayerLock's drop).
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(LayerLock { _file: file });
+        };
+        loop {
+            if cancel.is_cancelled() {
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled"));
+            }
+            // SAFETY: as above, without blocking.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(LayerLock { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Ok(LayerLock { _file: file })
     }
 
     /// Where the run report that made layer `key` is kept, for chaining from later phases.
@@ -224,6 +246,23 @@ mod tests {
         assert_ne!(a, key(&[("parent", "x"), ("doc", "z")]));
         assert_ne!(key(&[("a", "bc")]), key(&[("ab", "c")]));
         assert_ne!(key(&[("p", "a"), ("q", "")]), key(&[("p", ""), ("q", "a")]));
+    }
+
+    #[test]
+    fn waiting_for_a_held_layer_lock_ends_on_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::open(dir.path()).unwrap();
+        let cancel = kiln_host::Cancel::new();
+        let held = cache.lock_until("k", Some(&cancel)).unwrap();
+        let (c, waiter_cache) = (cancel.clone(), cache.clone());
+        let waiter = std::thread::spawn(move || waiter_cache.lock_until("k", Some(&c)).map(|_| ()));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "the lock is held: the second builder waits");
+        cancel.cancel();
+        let e = waiter.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
+        drop(held);
+        assert!(cache.lock_until("k", Some(&kiln_host::Cancel::new())).is_ok(), "free once released");
     }
 
     #[test]

@@ -46,9 +46,11 @@ pub struct BuildRequest {
     /// Build this image record (PENDING, made by the API server when an execution started)
     /// instead of recording a new one. Its name and version must be the recipe's.
     pub image_arn: Option<String>,
-    /// Set by another thread to stop the build; checked before every stage and component, so
-    /// a running stage finishes first. The image then becomes CANCELLED.
-    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Cancelled by another thread (a signal handler, the API server) to stop the build at
+    /// any stage within seconds: the running sandbox session, bootstrap or test instance is
+    /// killed, nothing it made is published to the layer cache, temporary folders are
+    /// removed, the image becomes CANCELLED and the build returns [`BuildError::Cancelled`].
+    pub cancel: Option<kiln_host::Cancel>,
 }
 
 /// A stage-level progress event.
@@ -228,11 +230,12 @@ impl Kiln {
         let fail = |e: BuildError| {
             let reason = e.to_string();
             progress.build_event(&BuildEvent::Failed { reason: &reason });
-            let to = match &e {
-                BuildError::Cancelled => kiln_store::ImageState::Cancelled,
-                _ => kiln_store::ImageState::Failed,
+            let _ = match &e {
+                BuildError::Cancelled => self.mark_cancelled(&arn),
+                _ => {
+                    self.block_on(self.store.transition(&arn, kiln_store::ImageState::Failed, Some(&reason)))
+                }
             };
-            let _ = self.block_on(self.store.transition(&arn, to, Some(&reason)));
             e
         };
         // Tags, launch permissions and the name per region, from the recipe and the
@@ -280,6 +283,17 @@ impl Kiln {
                 Err(fail(e))
             }
         }
+    }
+
+    /// CANCELLED with the reason `cancelled`, unless its state is final already: the API's
+    /// CancelImageCreation sets CANCELLED first (with who asked), and a stopping server sets
+    /// FAILED (interrupted) before it cancels its builds.
+    fn mark_cancelled(&self, arn: &str) -> Result<kiln_store::Image, kiln_store::StoreError> {
+        let image = self.block_on(self.store.get_image_by_arn(arn))?;
+        if !image.state.is_in_progress() {
+            return Ok(image);
+        }
+        self.block_on(self.store.transition(arn, kiln_store::ImageState::Cancelled, Some("cancelled")))
     }
 
     fn resolve_components(
@@ -509,12 +523,23 @@ impl BuildCtx<'_> {
         }
     }
 
-    /// [`BuildError::Cancelled`] once the request's cancel flag is set.
+    fn cancel(&self) -> Option<&kiln_host::Cancel> {
+        self.req.cancel.as_ref()
+    }
+
+    fn cancelled(&self) -> bool {
+        run::is_cancelled(self.cancel())
+    }
+
+    /// [`BuildError::Cancelled`] once the request's token is cancelled.
     fn check_cancel(&self) -> Result<(), BuildError> {
-        match &self.req.cancel {
-            Some(flag) if flag.load(std::sync::atomic::Ordering::SeqCst) => Err(BuildError::Cancelled),
-            _ => Ok(()),
-        }
+        if self.cancelled() { Err(BuildError::Cancelled) } else { Ok(()) }
+    }
+
+    /// `e`, or [`BuildError::Cancelled`] when the build was cancelled: whatever failed then
+    /// failed because its process or instance was killed.
+    fn or_cancelled(&self, e: BuildError) -> BuildError {
+        if self.cancelled() { BuildError::Cancelled } else { e }
     }
 
     fn stage<T>(&self, name: &str, f: impl FnOnce() -> Result<T, BuildError>) -> Result<T, BuildError> {
@@ -531,10 +556,18 @@ impl BuildCtx<'_> {
     }
 
     fn transition(&self, state: kiln_store::ImageState, reason: &str) -> Result<(), BuildError> {
-        self.kiln
-            .block_on(self.kiln.store.transition(self.arn, state, Some(reason)))
-            .map(|_| ())
-            .map_err(|e| BuildError::Store(e.to_string()))
+        self.kiln.block_on(self.kiln.store.transition(self.arn, state, Some(reason))).map(|_| ()).map_err(
+            |e| {
+                // The API marks the image CANCELLED before this build's token hears of it (at
+                // the worker's next heartbeat): the refused transition is that cancel.
+                let now = self.kiln.block_on(self.kiln.store.get_image_by_arn(self.arn)).map(|i| i.state);
+                if self.cancelled() || now.ok() == Some(kiln_store::ImageState::Cancelled) {
+                    BuildError::Cancelled
+                } else {
+                    BuildError::Store(e.to_string())
+                }
+            },
+        )
     }
 
     /// Where a layer with content key `key` is kept. `--no-cache` builds every layer afresh
@@ -662,12 +695,15 @@ impl BuildCtx<'_> {
                     p
                 }
                 _ => self.stage(&label, || {
-                    let _lock =
-                        cache.lock(&skey).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
+                    let _lock = cache
+                        .lock_until(&skey, self.cancel())
+                        .map_err(|e| self.or_cancelled(BuildError::io("locking a layer", cache.dir(), e)))?;
                     let scratch =
                         cache.scratch(&skey).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
                     let env = self.env();
-                    let target = Target::over(&stack, &scratch, self.network(), &env);
+                    let target =
+                        Target::over(&stack, &scratch, self.network(), &env).cancelled_by(self.cancel());
+                    // Cancelled: the scratch layer is dropped here, never committed nor kept.
                     let report =
                         run::run_phase(&target, &[c], PhaseName::Build, &working_dir, &step_logs, &[], &tee)?;
                     self.write_report(&format!("build-{}", c.name), &report);
@@ -712,7 +748,7 @@ impl BuildCtx<'_> {
                 .scratch(&format!("validate-{}", keys.last().cloned().unwrap_or_default()))
                 .map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
             let env = self.env();
-            let target = Target::over(&stack, &scratch, self.network(), &env);
+            let target = Target::over(&stack, &scratch, self.network(), &env).cancelled_by(self.cancel());
             let all: Vec<&ResolvedComponent> = self.components.iter().collect();
             let report = run::run_phase(
                 &target,
@@ -737,13 +773,13 @@ impl BuildCtx<'_> {
             Some(p) => p,
             None => self.stage("cleanup", || {
                 let _lock = cache
-                    .lock(&cleanup_stored)
-                    .map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
+                    .lock_until(&cleanup_stored, self.cancel())
+                    .map_err(|e| self.or_cancelled(BuildError::io("locking a layer", cache.dir(), e)))?;
                 let scratch = cache
                     .scratch(&cleanup_stored)
                     .map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
                 let env = self.env();
-                let target = Target::over(&stack, &scratch, Network::None, &env);
+                let target = Target::over(&stack, &scratch, Network::None, &env).cancelled_by(self.cancel());
                 run::run_script(&target, cleanup::SCRIPT)?;
                 let lower: Vec<&Path> = stack.iter().map(PathBuf::as_path).collect();
                 for rel in cleanup::EMPTIED {
@@ -923,7 +959,7 @@ impl BuildCtx<'_> {
                 .kiln
                 .block_on(self.kiln.store.get_image_by_arn(self.arn))
                 .map_err(|e| BuildError::Store(e.to_string()))?;
-            regions = self.stage("distribute", || self.kiln.distribute(&image, true))?;
+            regions = self.stage("distribute", || self.kiln.distribute_until(&image, true, self.cancel()))?;
             for r in &regions {
                 self.log_line("region", json!(r));
             }
@@ -959,13 +995,16 @@ impl BuildCtx<'_> {
             if cache.get(key).is_some() {
                 return Ok(json!({ "cached": true }));
             }
-            let _lock = cache.lock(key).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
+            let _lock = cache
+                .lock_until(key, self.cancel())
+                .map_err(|e| self.or_cancelled(BuildError::io("locking a layer", cache.dir(), e)))?;
             if cache.get(key).is_some() {
                 // Another build made it while this one waited.
                 return Ok(json!({ "cached": true }));
             }
             let scratch = cache.scratch(key).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
-            let info = make(&scratch.upper)?;
+            // A cancelled bootstrap or import fails here and its scratch layer is dropped.
+            let info = make(&scratch.upper).map_err(|e| self.or_cancelled(e))?;
             scratch.commit().map_err(|e| BuildError::io("publishing a layer", cache.dir(), e))?;
             Ok(info)
         };
@@ -976,8 +1015,12 @@ impl BuildCtx<'_> {
                 spec.validate().map_err(|e| BuildError::Parent(e.to_string()))?;
                 let key = layers::key(&[("bootstrap", &kiln_parent::bootstrap_key(&spec))]);
                 let info = into_layer(&key, &|dest| {
-                    let info = kiln_parent::bootstrap(&spec, dest, &self.kiln.package_cache())
-                        .map_err(|e| BuildError::Parent(e.to_string()))?;
+                    let info =
+                        kiln_parent::bootstrap_until(&spec, dest, &self.kiln.package_cache(), self.cancel())
+                            .map_err(|e| match e {
+                                kiln_parent::ParentError::Cancelled => BuildError::Cancelled,
+                                e => BuildError::Parent(e.to_string()),
+                            })?;
                     Ok(serde_json::to_value(&info).unwrap_or_default())
                 })?;
                 Ok((
@@ -1122,7 +1165,9 @@ impl BuildCtx<'_> {
             return Ok((p, key, skey, report.map(|r| r.documents).unwrap_or_default(), false));
         }
         let (layer, reports) = self.stage("build in VM", || {
-            let _lock = cache.lock(&skey).map_err(|e| BuildError::io("locking a layer", cache.dir(), e))?;
+            let _lock = cache
+                .lock_until(&skey, self.cancel())
+                .map_err(|e| self.or_cancelled(BuildError::io("locking a layer", cache.dir(), e)))?;
             let scratch =
                 cache.scratch(&skey).map_err(|e| BuildError::io("making a layer", cache.dir(), e))?;
             let work = self.out_dir.join(".build-vm");
@@ -1150,6 +1195,7 @@ impl BuildCtx<'_> {
                     components: self.components,
                     working_dir,
                     log_dir: step_logs,
+                    cancel: self.cancel(),
                 },
                 &scratch.upper,
                 observer,
@@ -1191,6 +1237,7 @@ impl BuildCtx<'_> {
             infra,
         );
         instance.outlive_kiln = keep;
+        instance.cancel = self.req.cancel.clone();
         let opts = kiln_instance::SuiteOptions {
             instance,
             target: self.arn.to_string(),
@@ -1207,12 +1254,15 @@ impl BuildCtx<'_> {
                 step_logs,
                 build_reports,
                 observer,
+                self.cancel(),
             )
         };
         let outcome = kiln_instance::run_suite(&opts, &mut extra);
         if outcome.kept.is_none() {
             let _ = layers::remove_tree(&work);
         }
+        // Tests cut short by the cancel failed for that reason alone: no test report.
+        self.check_cancel()?;
         Ok(outcome)
     }
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use kiln_component::document::{Document, PhaseName};
 use kiln_component::engine::{Engine, Observer, RunOptions};
 use kiln_component::report::{DocumentReport, RunReport};
-use kiln_host::{ExecRequest, Host};
-use kiln_sandbox::{Network, RootSpec, Sandbox, SandboxConfig};
+use kiln_host::{Cancel, CancelGuard, ExecRequest, Host};
+use kiln_sandbox::{Network, RootSpec, Sandbox, SandboxConfig, Session};
 
 use crate::BuildError;
 
@@ -30,6 +30,8 @@ pub struct Target<'a> {
     pub network: Network,
     /// Added to every step's environment (`SOURCE_DATE_EPOCH`).
     pub env: &'a [(String, String)],
+    /// The build's token: a cancel kills the session under the running step.
+    pub cancel: Option<&'a Cancel>,
 }
 
 impl<'a> Target<'a> {
@@ -40,7 +42,37 @@ impl<'a> Target<'a> {
         network: Network,
         env: &'a [(String, String)],
     ) -> Self {
-        Target { layers, upper: &scratch.upper, work: &scratch.work, network, env }
+        Target { layers, upper: &scratch.upper, work: &scratch.work, network, env, cancel: None }
+    }
+
+    /// The same target, stopped by `cancel`.
+    pub fn cancelled_by(self, cancel: Option<&'a Cancel>) -> Self {
+        Target { cancel, ..self }
+    }
+
+    /// A session over the target, with the hook that interrupts it on a cancel (keep the
+    /// guard while the session is used; drop it before the session ends).
+    fn start(&self) -> Result<(Session, Option<CancelGuard>), BuildError> {
+        if is_cancelled(self.cancel) {
+            return Err(BuildError::Cancelled);
+        }
+        let session = Sandbox::start(self.config()).map_err(|e| BuildError::Sandbox(e.to_string()))?;
+        let guard = self.cancel.map(|c| {
+            let interrupter = session.interrupter();
+            c.on_cancel(move || interrupter.interrupt())
+        });
+        Ok((session, guard))
+    }
+
+    /// Ends a session started by [`Target::start`]: [`BuildError::Cancelled`] when the build
+    /// was cancelled meanwhile, whatever the session's own end says.
+    fn finish(&self, session: Session, guard: Option<CancelGuard>) -> Result<(), BuildError> {
+        drop(guard);
+        let ended = session.shutdown();
+        if is_cancelled(self.cancel) {
+            return Err(BuildError::Cancelled);
+        }
+        ended.map_err(|e| BuildError::Sandbox(e.to_string()))
     }
 
     fn config(&self) -> SandboxConfig {
@@ -57,7 +89,13 @@ impl<'a> Target<'a> {
     }
 }
 
+pub(crate) fn is_cancelled(cancel: Option<&Cancel>) -> bool {
+    cancel.is_some_and(Cancel::is_cancelled)
+}
+
 /// Run `phase` of each component in order on `target`; the report covers them all.
+/// [`BuildError::Cancelled`] when the target's token was cancelled, even if the phase got to
+/// its end: the caller must not publish what it made.
 pub fn run_phase(
     target: &Target<'_>,
     components: &[&ResolvedComponent],
@@ -67,14 +105,16 @@ pub fn run_phase(
     earlier: &[DocumentReport],
     observer: &dyn Observer,
 ) -> Result<RunReport, BuildError> {
-    let session = Sandbox::start(target.config()).map_err(|e| BuildError::Sandbox(e.to_string()))?;
-    let report = run_phase_on(&session, components, phase, working_dir, log_dir, earlier, observer);
-    session.shutdown().map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    let (session, guard) = target.start()?;
+    let report =
+        run_phase_on(&session, components, phase, working_dir, log_dir, earlier, observer, target.cancel);
+    target.finish(session, guard)?;
     Ok(report)
 }
 
 /// Run `phase` of each component in order on `host` (a sandbox or a booted VM), stopping at
-/// the first failure; the report covers them all.
+/// the first failure or at a cancel of `cancel`; the report covers them all.
+#[allow(clippy::too_many_arguments)] // one call's whole context; a struct would only rename it
 pub fn run_phase_on(
     host: &dyn Host,
     components: &[&ResolvedComponent],
@@ -83,6 +123,7 @@ pub fn run_phase_on(
     log_dir: &Path,
     earlier: &[DocumentReport],
     observer: &dyn Observer,
+    cancel: Option<&Cancel>,
 ) -> RunReport {
     let mut reports: Option<RunReport> = None;
     for c in components {
@@ -95,6 +136,7 @@ pub fn run_phase_on(
             working_dir: working_dir.to_string(),
             log_dir: Some(log_dir.to_path_buf()),
             earlier: earlier.to_vec(),
+            cancel: cancel.cloned(),
             ..RunOptions::default()
         };
         let report = Engine::new(host, options, observer).run(std::slice::from_ref(&c.document));
@@ -118,15 +160,14 @@ pub fn run_phase_on(
 
 /// Run a shell script in the sandbox over `target` (the cleanup layer).
 pub fn run_script(target: &Target<'_>, script: &str) -> Result<(), BuildError> {
-    let session = Sandbox::start(target.config()).map_err(|e| BuildError::Sandbox(e.to_string()))?;
-    let out = session
-        .exec(&ExecRequest {
-            argv: vec!["sh".into(), "-eu".into(), "-c".into(), script.to_string()],
-            timeout: Some(std::time::Duration::from_secs(600)),
-            ..ExecRequest::default()
-        })
-        .map_err(|e| BuildError::Sandbox(e.to_string()))?;
-    session.shutdown().map_err(|e| BuildError::Sandbox(e.to_string()))?;
+    let (session, guard) = target.start()?;
+    let out = session.exec(&ExecRequest {
+        argv: vec!["sh".into(), "-eu".into(), "-c".into(), script.to_string()],
+        timeout: Some(std::time::Duration::from_secs(600)),
+        ..ExecRequest::default()
+    });
+    target.finish(session, guard)?;
+    let out = out.map_err(|e| BuildError::Sandbox(e.to_string()))?;
     if !out.status.success() {
         return Err(BuildError::Cleanup(format!(
             "the cleanup script failed ({:?}): {}",

@@ -20,6 +20,7 @@ pub fn component_tests(
     log_dir: &Path,
     earlier: &[DocumentReport],
     observer: &dyn Observer,
+    cancel: Option<&kiln_host::Cancel>,
 ) -> Vec<TestCase> {
     let mut out = Vec::new();
     for c in components {
@@ -28,7 +29,8 @@ pub fn component_tests(
         }
         let name = format!("component:{}/{}", c.name, c.version);
         let t = Instant::now();
-        let report = run_phase_on(host, &[c], PhaseName::Test, working_dir, log_dir, earlier, observer);
+        let report =
+            run_phase_on(host, &[c], PhaseName::Test, working_dir, log_dir, earlier, observer, cancel);
         let mut lines = String::new();
         for d in &report.documents {
             for p in &d.phases {
@@ -88,6 +90,7 @@ pub fn instance_config(
         nic: None,
         env: Vec::new(),
         extra_disks: Vec::new(),
+        cancel: None,
     }
 }
 
@@ -232,7 +235,7 @@ impl crate::Kiln {
         let logs = report_dir.join("logs");
         let working_dir = manifest["recipe"]["workingDirectory"].as_str().unwrap_or("/tmp").to_string();
         let mut extra =
-            |host: &dyn Host| component_tests(host, &components, &working_dir, &logs, &[], observer);
+            |host: &dyn Host| component_tests(host, &components, &working_dir, &logs, &[], observer, None);
         let outcome = kiln_instance::run_suite(&opts, &mut extra);
         if outcome.kept.is_some() {
             // The kept instance's overlay lives in the work folder.

@@ -35,6 +35,8 @@ pub(crate) struct VmBuild<'a> {
     pub components: &'a [ResolvedComponent],
     pub working_dir: &'a str,
     pub log_dir: &'a Path,
+    /// The build's token; also handed to the instance, whose waits then end on a cancel.
+    pub cancel: Option<&'a kiln_host::Cancel>,
 }
 
 /// The reports of the build and validate phases.
@@ -49,7 +51,9 @@ fn vm_err(what: &str) -> impl Fn(String) -> BuildError + '_ {
 }
 
 /// Runs the phases in a VM and imports the result into `dest` (an empty layer directory).
-/// A failed step is `Ok` with the failed report; the caller decides what that means.
+/// A failed step is `Ok` with the failed report; the caller decides what that means. A cancel
+/// is [`BuildError::Cancelled`] from whichever sub-step it interrupted (the VM is killed when
+/// the instance drops; the caller removes the work folder and the unpublished layer).
 pub(crate) fn build_in_vm(
     b: VmBuild<'_>,
     dest: &Path,
@@ -60,7 +64,13 @@ pub(crate) fn build_in_vm(
     opts.formats = vec![kiln_image::OutputFormat::Qcow2 { compressed: false }];
     opts.kernel_cmdline = b.kernel_cmdline.to_string();
     let source = kiln_image::TreeSource::Layers(b.stack.to_vec());
+    let cancelled = || crate::run::is_cancelled(b.cancel);
+    // A cancelled step's error is the cancel's doing: say so, not what broke under it.
+    let or_cancelled = |e: BuildError| if cancelled() { BuildError::Cancelled } else { e };
     let staged = kiln_image::stage(&source, b.layout, &opts).map_err(|e| vm_err("staging")(e.to_string()))?;
+    if cancelled() {
+        return Err(BuildError::Cancelled);
+    }
     let disk = staged.assemble().map_err(|e| vm_err("assembling its disk")(e.to_string()))?;
     let qcow2 = disk
         .artifact(kiln_image::OutputFormat::Qcow2 { compressed: false })
@@ -71,12 +81,14 @@ pub(crate) fn build_in_vm(
     let mut cfg = b.instance;
     cfg.image = qcow2;
     cfg.work_dir = b.work.join("vm");
+    cfg.cancel = b.cancel.cloned();
     let timeout = cfg.ready_timeout;
-    let mut vm = Instance::launch(&cfg).map_err(|e| vm_err("booting")(e.to_string()))?;
-    vm.wait_ready(timeout).map_err(|e| vm_err("waiting for systemd")(e.to_string()))?;
+    let mut vm = Instance::launch(&cfg).map_err(|e| or_cancelled(vm_err("booting")(e.to_string())))?;
+    vm.wait_ready(timeout).map_err(|e| or_cancelled(vm_err("waiting for systemd")(e.to_string())))?;
 
     let all: Vec<&ResolvedComponent> = b.components.iter().collect();
-    let build = run_phase_on(vm.host(), &all, PhaseName::Build, b.working_dir, b.log_dir, &[], observer);
+    let build =
+        run_phase_on(vm.host(), &all, PhaseName::Build, b.working_dir, b.log_dir, &[], observer, b.cancel);
     let validate = if build.success() {
         run_phase_on(
             vm.host(),
@@ -86,10 +98,14 @@ pub(crate) fn build_in_vm(
             b.log_dir,
             &build.documents,
             observer,
+            b.cancel,
         )
     } else {
         crate::run::empty_report(PhaseName::Validate)
     };
+    if cancelled() {
+        return Err(BuildError::Cancelled);
+    }
     if !build.success() || !validate.success() {
         return Ok(VmBuilt { build, validate });
     }
@@ -108,11 +124,12 @@ pub(crate) fn build_in_vm(
         timeout: Some(Duration::from_secs(60)),
         ..Default::default()
     };
-    let out = vm.host().exec(&rm).map_err(|e| vm_err("removing the agent")(e.to_string()))?;
+    let out = vm.host().exec(&rm).map_err(|e| or_cancelled(vm_err("removing the agent")(e.to_string())))?;
     if !out.status.success() {
         return Err(vm_err("removing the agent")(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
-    vm.power_off(Duration::from_secs(120)).map_err(|e| vm_err("powering off")(e.to_string()))?;
+    vm.power_off(Duration::from_secs(120))
+        .map_err(|e| or_cancelled(vm_err("powering off")(e.to_string())))?;
     // The import takes no disk with a backing file (whose path the disk itself names), so the
     // overlay is flattened first; sparse, so only written blocks take space.
     let flat = b.work.join("built.raw");
@@ -128,6 +145,9 @@ pub(crate) fn build_in_vm(
         ));
     }
     drop(vm);
+    if cancelled() {
+        return Err(BuildError::Cancelled);
+    }
     kiln_parent::import_disk(&flat, dest).map_err(|e| vm_err("importing its disk")(e.to_string()))?;
     Ok(VmBuilt { build, validate })
 }

@@ -55,6 +55,10 @@ pub enum Command {
     /// file's imageScanningConfiguration, against the feeds in KILN_HOME/feeds),
     /// compliance.json and compliance.html (when the file has a `compliance` policy) and
     /// build-log.jsonl. Needs root.
+    ///
+    /// Ctrl-C (SIGINT) or SIGTERM cancels the build: the running step, bootstrap or test
+    /// instance is killed, nothing half-made is cached, the image becomes CANCELLED, and kiln
+    /// exits with 130. A second signal exits at once without cleaning up.
     Build(BuildArgs),
 
     /// Work with AWSTOE-compatible component documents: validate them, run them into a root.

@@ -16,6 +16,9 @@ use crate::cli::{Cli, Command, LogFormat};
 pub const EXIT_FAILED: u8 = 1;
 /// kiln could not do the work (environment, permissions, internal error).
 pub const EXIT_ERROR: u8 = 3;
+/// The work was cancelled by SIGINT or SIGTERM (128 + SIGINT, as shells report an
+/// interrupted command).
+pub const EXIT_CANCELLED: u8 = 130;
 
 fn main() -> ExitCode {
     // The sandbox re-executes this binary as its namespace helper; that path never returns.

@@ -682,6 +682,172 @@ fn a_killed_build_leaves_nothing_running_or_mounted_and_the_next_build_works() {
     assert!(!left, "the killed build's scratch layer is still there");
 }
 
+/// Host PIDs of live processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .filter(|pid| is_alive(*pid))
+        .collect()
+}
+
+/// Running, not a zombie waiting to be reaped.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+/// The children of `parent` that are sandbox helpers (kiln re-executed with the hidden
+/// argument).
+fn sandbox_helpers_of(parent: u32) -> Vec<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__kiln-sandbox-init"))
+        })
+        .collect()
+}
+
+/// Every file or folder under `dir` whose name starts with one of `prefixes`.
+fn named_under(dir: &Path, prefixes: &[&str]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|x| name.starts_with(x)) {
+            out.push(e.path());
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(named_under(&e.path(), prefixes));
+        }
+    }
+    out
+}
+
+#[test]
+fn ctrl_c_cancels_a_running_step_cleans_up_and_the_image_is_cancelled() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    // The mark is new for every test process, so this component's layer is never cached.
+    let sleeping = touch_phase(
+        r#"            - name: Sleep
+              action: ExecuteBash
+              inputs:
+                commands: ["sleep 3217"]
+"#,
+    );
+    let file = one_component(dir.path(), "cancelled", &sleeping, "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-f", file.to_str().unwrap(), "--no-test", "--json"])
+        .env("KILN_HOME", home.dir.path())
+        .env("KILN_CACHE_DIR", shared_cache())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = pipe.read_to_end(&mut all);
+            all
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let kiln = child.id();
+    // The step has started once its `sleep 3217` runs (the base may be bootstrapped first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let helpers = loop {
+        let helpers = sandbox_helpers_of(kiln);
+        if !pids_running(&["sleep", "3217"]).is_empty() && !helpers.is_empty() {
+            break helpers;
+        }
+        assert!(std::time::Instant::now() < deadline, "the sleeping step never started");
+        assert!(child.try_wait().unwrap().is_none(), "kiln ended before the step ran");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let kill = Command::new("kill").args(["-INT", &kiln.to_string()]).status().unwrap();
+    assert!(kill.success());
+    let cancelled = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            cancelled.elapsed() < std::time::Duration::from_secs(20),
+            "kiln did not exit within 20 s of SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let took = cancelled.elapsed();
+    eprintln!("kiln exited {took:?} after SIGINT");
+    let (stdout, stderr) = (text(&stdout.join().unwrap()), text(&stderr.join().unwrap()));
+    assert_eq!(status.code(), Some(130), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("cancelling the build"), "{stderr}");
+    assert!(stderr.contains("the build was cancelled"), "{stderr}");
+    assert!(stdout.lines().last().unwrap_or_default().contains(r#""error":"cancelled""#), "{stdout}");
+
+    // Nothing of the sandbox runs: neither the step nor the helper it ran under.
+    assert_eq!(pids_running(&["sleep", "3217"]), Vec::<u32>::new(), "the step outlived the cancel");
+    for helper in helpers {
+        assert!(!is_alive(helper), "the sandbox helper {helper} outlived the cancel");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cache = shared_cache().display().to_string();
+    assert!(!mounts.lines().any(|l| l.contains(&cache)), "mounts were left behind");
+    // No scratch layer of this kiln, and no layer holding the cancelled step's work.
+    let layers = shared_cache().join("layers");
+    for entry in std::fs::read_dir(&layers).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(&format!("-{kiln}")), "scratch layer {name} was left behind");
+        let mark = entry.path().join("etc/kiln-test-mark");
+        let ours = std::fs::read_to_string(&mark).is_ok_and(|m| m.trim() == nonce());
+        assert!(!ours, "the cancelled step's layer was published as {name}");
+    }
+    // No temporary work folder under KILN_HOME (staging, test VMs, tmp).
+    let left = named_under(home.dir.path(), &[".kiln-assemble-", ".test-vm", ".build-vm", "tmp-"]);
+    assert_eq!(left, Vec::<PathBuf>::new(), "temporary folders were left behind");
+    let tmp = home.dir.path().join("tmp");
+    assert!(
+        std::fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none()),
+        "{} is not empty",
+        tmp.display()
+    );
+
+    let images = home.images();
+    let image = images.iter().find(|i| i["name"] == "cancelled").expect("the image is catalogued");
+    assert_eq!(image["state"], "CANCELLED", "{image}");
+    assert_eq!(image["reason"], "cancelled", "{image}");
+    // The build log says the step was cancelled, not that it failed.
+    let log =
+        std::fs::read_to_string(Path::new(image["outputLocation"].as_str().unwrap()).join("build-log.jsonl"))
+            .unwrap();
+    let step = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["event"] == "step" && l["step"] == "Sleep")
+        .unwrap_or_else(|| panic!("no line for the Sleep step in the build log:\n{log}"));
+    assert_eq!(step["status"], "cancelled", "{step}");
+
+    // The same recipe without the sleeping step (a new component version: versions are
+    // immutable) builds from the same cache.
+    let fixed = std::fs::read_to_string(one_component(dir.path(), "cancelled", &touch_phase(""), ""))
+        .unwrap()
+        .replace("semanticVersion: 1.0.0\n    data", "semanticVersion: 1.0.1\n    data")
+        .replace("componentArn: cancelled/1.0.0", "componentArn: cancelled/1.0.1");
+    std::fs::write(&file, fixed).unwrap();
+    let (out, v) = home.build(&file, &["--no-test"]);
+    ok(&out);
+    assert_eq!(v["outcome"]["state"], "AVAILABLE", "{v}");
+}
+
 #[test]
 fn on_error_shell_opens_a_shell_in_the_failed_step_state() {
     let home = Home::new();

@@ -15,13 +15,19 @@
 //!   (194), as AWSTOE does after a real reboot. More than `max_reboots` reboots in one
 //!   document fail it, so a step that always exits 194 cannot loop for ever;
 //! - `{{ phase.Step.outputs.X }}` of a looped step is the value from its last iteration.
+//!
+//! Cancellation ([`RunOptions::cancel`]) is kiln's: the engine checks the token before every
+//! step, iteration, attempt and reboot. Whoever owns the target makes a running step end (the
+//! sandbox's cancel hook kills the session); the engine then reports that step, its phase, its
+//! document and the run as [`Status::Cancelled`] — not as a failure with whatever error the
+//! killed target gave, not retried, not ignored by `onFailure` — and skips what remains.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kiln_host::Host;
+use kiln_host::{Cancel, Host};
 use time::OffsetDateTime;
 
 use crate::actions::{self, ActionContext, ActionOutcome, DocumentRunner, RebootRequest};
@@ -55,7 +61,12 @@ pub struct RunOptions {
     /// validate phase separately, and a cached build layer keeps the report of the run that
     /// made it.
     pub earlier: Vec<DocumentReport>,
+    /// Stops the run between steps when cancelled; see the module documentation.
+    pub cancel: Option<Cancel>,
 }
+
+/// The failure message of a cancelled step, document and run.
+pub const CANCELLED: &str = "the run was cancelled";
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -68,6 +79,7 @@ impl Default for RunOptions {
             output_cap: 64 * 1024,
             max_reboots: 10,
             earlier: Vec::new(),
+            cancel: None,
         }
     }
 }
@@ -198,16 +210,24 @@ impl<'h> Engine<'h> {
         Engine { host, options, observer, nested: RefCell::new(Vec::new()), log_seq: RefCell::new(0) }
     }
 
+    fn cancelled(&self) -> bool {
+        self.options.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+    }
+
     /// Run `documents` in order and report. Never panics on document content: every problem
     /// becomes a failed step, phase or document in the report.
     pub fn run(&self, documents: &[Document]) -> RunReport {
         let start = OffsetDateTime::now_utc();
         let mut reports = Vec::new();
         let mut failure = None;
+        let mut cancelled = false;
         for doc in documents {
             let report = self.run_one(doc, &self.options.phases, &self.options.parameters, 0);
-            let failed = report.status == Status::Failed;
-            if failed {
+            cancelled = report.status == Status::Cancelled;
+            let failed = report.status == Status::Failed || cancelled;
+            if cancelled {
+                failure = Some(CANCELLED.to_string());
+            } else if failed {
                 failure = Some(format!(
                     "document {} failed: {}",
                     report.name,
@@ -222,7 +242,11 @@ impl<'h> Engine<'h> {
         }
         RunReport {
             execution_id: execution_id(start),
-            status: if failure.is_some() { Status::Failed } else { Status::Success },
+            status: match (cancelled, &failure) {
+                (true, _) => Status::Cancelled,
+                (false, Some(_)) => Status::Failed,
+                (false, None) => Status::Success,
+            },
             timing: Timing::since(start),
             failure_message: failure,
             target: self.host.describe(),
@@ -272,6 +296,7 @@ impl<'h> Engine<'h> {
         let mut phase_reports = Vec::new();
         let mut failure: Option<String> = None;
         let mut reboots = 0u32;
+        let mut cancelled = false;
 
         for phase in doc.phases.iter().filter(|p| phases.is_empty() || phases.contains(&p.name)) {
             let phase_start = OffsetDateTime::now_utc();
@@ -280,6 +305,11 @@ impl<'h> Engine<'h> {
             let mut aborted = false;
             let mut phase_failed = false;
             for step in &phase.steps {
+                cancelled = cancelled || self.cancelled();
+                if cancelled {
+                    steps.push(skipped(step, None, CANCELLED));
+                    continue;
+                }
                 if aborted {
                     steps.push(skipped(step, None, "an earlier step failed with onFailure: Abort"));
                     continue;
@@ -314,6 +344,12 @@ impl<'h> Engine<'h> {
                     let mut rerun = true;
                     while rerun {
                         rerun = false;
+                        // Before each iteration and each re-run after a reboot; the first
+                        // one was checked above.
+                        if self.cancelled() {
+                            cancelled = true;
+                            break;
+                        }
                         let scope = Scope {
                             parameters: &parameters,
                             constants: &constants,
@@ -322,11 +358,21 @@ impl<'h> Engine<'h> {
                             iteration: iteration.as_ref(),
                         };
                         let run = self.run_step(&name, phase.name, step, &scope, depth);
-                        let StepRun { report, record, reboot } = run;
+                        let StepRun { mut report, record, reboot } = run;
+                        // A step can also fail of the cancel outside its attempts (its `if`
+                        // condition asked a target that was just killed).
+                        if report.status == Status::Failed && self.cancelled() {
+                            report.status = Status::Cancelled;
+                            report.failure_message = Some(CANCELLED.to_string());
+                        }
                         let status = report.status;
                         steps.push(report);
                         if status == Status::Skipped {
                             continue;
+                        }
+                        if status == Status::Cancelled {
+                            cancelled = true;
+                            break;
                         }
                         last_record = Some(record);
                         if status == Status::Failed {
@@ -348,6 +394,10 @@ impl<'h> Engine<'h> {
                                 }
                                 break;
                             }
+                            if self.cancelled() {
+                                cancelled = true;
+                                break;
+                            }
                             self.observer.event(&Event::Rebooting { document: &name, step: &step.name });
                             if let Err(e) = self.host.reboot() {
                                 step_failed = true;
@@ -360,9 +410,13 @@ impl<'h> Engine<'h> {
                             rerun = request == RebootRequest::ThenRerunStep;
                         }
                     }
-                    if step_failed {
+                    if step_failed || cancelled {
                         break;
                     }
+                }
+                if cancelled {
+                    // What the step did is incomplete: no record to chain to, no onFailure.
+                    continue;
                 }
                 if let Some(record) = last_record {
                     records.insert((phase.name, step.name.clone()), record);
@@ -390,20 +444,29 @@ impl<'h> Engine<'h> {
             }
             phase_reports.push(PhaseReport {
                 name: phase.name.as_str().to_string(),
-                status: if phase_failed { Status::Failed } else { Status::Success },
+                status: match (cancelled, phase_failed) {
+                    (true, _) => Status::Cancelled,
+                    (false, true) => Status::Failed,
+                    (false, false) => Status::Success,
+                },
                 timing: Timing::since(phase_start),
                 steps,
             });
-            if phase_failed {
+            if phase_failed || cancelled {
                 break;
             }
         }
+        let status = match (cancelled, &failure) {
+            (true, _) => Status::Cancelled,
+            (false, Some(_)) => Status::Failed,
+            (false, None) => Status::Success,
+        };
         DocumentReport {
             name,
             file: doc.file.clone(),
-            status: if failure.is_some() { Status::Failed } else { Status::Success },
+            status,
             timing: Timing::since(start),
-            failure_message: failure,
+            failure_message: if cancelled { Some(CANCELLED.to_string()) } else { failure },
             phases: phase_reports,
         }
     }
@@ -478,6 +541,10 @@ impl<'h> Engine<'h> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         for attempt in 1..=attempts {
+            // A failed attempt of a cancelled run is the cancel's doing: never retried.
+            if attempt > 1 && self.cancelled() {
+                break;
+            }
             self.observer.event(&Event::StepStarted {
                 document: doc,
                 phase: phase.as_str(),
@@ -530,6 +597,12 @@ impl<'h> Engine<'h> {
                     report.reboots = 1;
                 }
                 reboot = done.reboot;
+            }
+            None if self.cancelled() => {
+                // The target was killed under the step: its error says nothing about the step.
+                report.status = Status::Cancelled;
+                report.exit_code = last_failure.and_then(|f| f.exit_code);
+                report.failure_message = Some(CANCELLED.to_string());
             }
             None => {
                 report.status = Status::Failed;
@@ -680,4 +753,168 @@ fn execution_id(start: OffsetDateTime) -> String {
         &digest[16..20],
         &digest[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use kiln_host::{
+        DirEntry, ExecOutput, ExecRequest, ExitStatus, HostError, HostErrorKind, HostResult, Metadata,
+        WriteMode,
+    };
+
+    use super::*;
+    use crate::document::parse_document;
+
+    /// Runs every exec successfully, except a script containing `block`: that one stands for a
+    /// step running when the build is cancelled — the token is cancelled and the target dies
+    /// under the step, as the sandbox's cancel hook makes it.
+    struct CancelledUnderStep {
+        cancel: Cancel,
+        execs: Mutex<Vec<String>>,
+    }
+
+    impl Host for CancelledUnderStep {
+        fn describe(&self) -> String {
+            "a target cancelled under a step".into()
+        }
+        fn network_allowed(&self) -> bool {
+            false
+        }
+        fn exec(&self, req: &ExecRequest) -> HostResult<ExecOutput> {
+            let script = req.argv.join(" ");
+            self.execs.lock().unwrap_or_else(|p| p.into_inner()).push(script.clone());
+            if script.contains("block") {
+                self.cancel.cancel();
+                return Err(HostError::new(HostErrorKind::Target, "sandbox agent unreachable: EOF"));
+            }
+            Ok(ExecOutput {
+                status: ExitStatus::Code(0),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                duration: Duration::ZERO,
+            })
+        }
+        fn read_file(&self, p: &str) -> HostResult<Vec<u8>> {
+            Err(HostError::new(HostErrorKind::NotFound, p))
+        }
+        fn write_file(&self, _: &str, _: &[u8], _: WriteMode, _: Option<u32>) -> HostResult<()> {
+            Ok(())
+        }
+        fn create_dir_all(&self, _: &str, _: Option<u32>) -> HostResult<()> {
+            Ok(())
+        }
+        fn metadata(&self, p: &str) -> HostResult<Metadata> {
+            Err(HostError::new(HostErrorKind::NotFound, p))
+        }
+        fn list_dir(&self, _: &str) -> HostResult<Vec<DirEntry>> {
+            Ok(Vec::new())
+        }
+        fn remove_file(&self, _: &str) -> HostResult<()> {
+            Ok(())
+        }
+        fn remove_dir(&self, _: &str, _: bool) -> HostResult<()> {
+            Ok(())
+        }
+        fn rename(&self, _: &str, _: &str) -> HostResult<()> {
+            Ok(())
+        }
+        fn copy_file(&self, _: &str, _: &str) -> HostResult<()> {
+            Ok(())
+        }
+        fn symlink(&self, _: &str, _: &str) -> HostResult<()> {
+            Ok(())
+        }
+        fn read_link(&self, p: &str) -> HostResult<String> {
+            Err(HostError::new(HostErrorKind::NotFound, p))
+        }
+        fn set_permissions(&self, _: &str, _: u32) -> HostResult<()> {
+            Ok(())
+        }
+        fn set_owner(&self, _: &str, _: Option<u32>, _: Option<u32>) -> HostResult<()> {
+            Ok(())
+        }
+        fn lookup_user(&self, _: &str) -> HostResult<u32> {
+            Ok(0)
+        }
+        fn lookup_group(&self, _: &str) -> HostResult<u32> {
+            Ok(0)
+        }
+        fn reboot(&self) -> HostResult<()> {
+            Ok(())
+        }
+    }
+
+    const DOC: &str = "name: cancelled
+schemaVersion: 1.0
+phases:
+  - name: build
+    steps:
+      - name: First
+        action: ExecuteBash
+        inputs:
+          commands: [\"echo first\"]
+      - name: Slow
+        action: ExecuteBash
+        maxAttempts: 3
+        onFailure: Ignore
+        inputs:
+          commands: [\"echo block\"]
+      - name: Never
+        action: ExecuteBash
+        inputs:
+          commands: [\"echo never\"]
+  - name: validate
+    steps:
+      - name: NeverEither
+        action: ExecuteBash
+        inputs:
+          commands: [\"echo never-either\"]
+";
+
+    #[test]
+    fn a_cancel_during_a_step_cancels_it_without_retry_or_ignore_and_skips_the_rest() {
+        let doc = parse_document("cancelled.yml", DOC).expect("the document is valid");
+        let second = parse_document("second.yml", &DOC.replace("name: cancelled", "name: second"))
+            .expect("the document is valid");
+        let cancel = Cancel::new();
+        let host = CancelledUnderStep { cancel: cancel.clone(), execs: Mutex::default() };
+        let options = RunOptions { cancel: Some(cancel), ..RunOptions::default() };
+        let report = Engine::new(&host, options, &Quiet).run(&[doc, second]);
+
+        let execs = host.execs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(execs.len(), 2, "one attempt of the cancelled step, nothing after it: {execs:?}");
+        assert_eq!(report.status, Status::Cancelled);
+        assert!(!report.success());
+        assert_eq!(report.failure_message.as_deref(), Some(CANCELLED));
+        assert_eq!(report.documents.len(), 1, "the second document never starts");
+        let doc = &report.documents[0];
+        assert_eq!(doc.status, Status::Cancelled);
+        assert_eq!(doc.phases.len(), 1, "the validate phase never starts");
+        assert_eq!(doc.phases[0].status, Status::Cancelled);
+        let steps: Vec<(&str, Status)> =
+            doc.phases[0].steps.iter().map(|s| (s.name.as_str(), s.status)).collect();
+        assert_eq!(
+            steps,
+            [("First", Status::Success), ("Slow", Status::Cancelled), ("Never", Status::Skipped)]
+        );
+        let slow = &doc.phases[0].steps[1];
+        assert_eq!(slow.attempts.len(), 1, "a cancelled step is not retried");
+        assert_eq!(slow.failure_message.as_deref(), Some(CANCELLED), "not the dead target's error");
+        assert_eq!(doc.phases[0].steps[2].skip_reason.as_deref(), Some(CANCELLED));
+    }
+
+    #[test]
+    fn a_run_cancelled_before_it_starts_runs_nothing() {
+        let doc = parse_document("cancelled.yml", DOC).expect("the document is valid");
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let host = CancelledUnderStep { cancel: cancel.clone(), execs: Mutex::default() };
+        let options = RunOptions { cancel: Some(cancel), ..RunOptions::default() };
+        let report = Engine::new(&host, options, &Quiet).run(&[doc]);
+        assert!(host.execs.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+        assert_eq!(report.status, Status::Cancelled);
+        assert!(report.documents[0].phases[0].steps.iter().all(|s| s.status == Status::Skipped));
+    }
 }

@@ -16,6 +16,9 @@ pub enum Status {
     Ignored,
     /// Not run: its `if` condition was false, or an earlier step aborted the phase.
     Skipped,
+    /// The run was cancelled while this step, phase, document or run was in progress; what
+    /// it did is incomplete. (A kiln addition to AWSTOE's statuses.)
+    Cancelled,
 }
 
 impl Status {
@@ -25,6 +28,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Ignored => "ignored",
             Status::Skipped => "skipped",
+            Status::Cancelled => "cancelled",
         }
     }
 }

@@ -14,8 +14,14 @@
 //! - a process started by [`Host::exec`] and everything it spawns is gone when `exec` returns,
 //!   including when the timeout fires;
 //! - user and group names are resolved against the target's own account databases.
+//!
+//! It also owns [`Cancel`], the cancellation token every layer that drives a target shares.
 
 use std::time::Duration;
+
+mod cancel;
+
+pub use cancel::{Cancel, CancelGuard};
 
 use serde::{Deserialize, Serialize};
 

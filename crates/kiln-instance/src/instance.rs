@@ -44,7 +44,14 @@ pub struct InstanceConfig {
     /// More read-only disks for the guest (tool disks, see [`crate::tool_disk`]); the guest
     /// mounts them by label.
     pub extra_disks: Vec<PathBuf>,
+    /// Ends the instance early: once cancelled, every wait on the guest (start-up, readiness,
+    /// a request to its agent) returns an error within a tick of the agent channel (half a
+    /// second), and dropping the [`Instance`] then kills QEMU and removes its work folder.
+    pub cancel: Option<kiln_host::Cancel>,
 }
+
+/// Why the guest is gone when [`InstanceConfig::cancel`] was cancelled.
+pub const CANCELLED: &str = "the instance was cancelled";
 
 /// A booted instance with its agent.
 #[derive(Debug)]
@@ -74,11 +81,21 @@ impl Instance {
         let io = |what: &str, p: &Path, e: std::io::Error| {
             InstanceError::Prepare(format!("{what} {}: {e}", p.display()))
         };
+        let cancelled = || cfg.cancel.as_ref().is_some_and(kiln_host::Cancel::is_cancelled);
+        if cancelled() {
+            return Err(InstanceError::Cancelled);
+        }
         let firmware = find_firmware().map_err(|e| InstanceError::Prepare(e.to_string()))?;
         fs::create_dir_all(&cfg.work_dir).map_err(|e| io("cannot create", &cfg.work_dir, e))?;
         let overlay = cfg.work_dir.join("overlay.qcow2");
         prepare::make_overlay(&cfg.image, &overlay)?;
         let agent_disk = prepare::agent_disk(&cfg.cache_dir)?;
+        // Making the overlay and the agent disk takes seconds; no QEMU is started after a
+        // cancel that came meanwhile.
+        if cancelled() {
+            let _ = fs::remove_dir_all(&cfg.work_dir);
+            return Err(InstanceError::Cancelled);
+        }
         // A Unix socket path holds at most 107 bytes: keep it short, outside the work dir.
         let socket_dir = tempfile::Builder::new()
             .prefix("kiln-vm-")
@@ -113,7 +130,7 @@ impl Instance {
         let serial = vm.serial_log().to_path_buf();
         let started = vm.started();
         let stderr = cfg.work_dir.join("qemu.stderr");
-        let watchdog = watchdog(vm.pid().unwrap_or(0), serial.clone(), stderr);
+        let watchdog = watchdog(vm.pid().unwrap_or(0), serial.clone(), stderr, cfg.cancel.clone());
         let mut env = kiln_sandbox::SandboxConfig::default_env();
         for (k, v) in &cfg.env {
             env.retain(|(key, _)| key != k);
@@ -133,6 +150,10 @@ impl Instance {
                 let console = tail(&fs::read_to_string(&serial).unwrap_or_default(), 25);
                 if let Some(mut vm) = instance_vm.take() {
                     vm.kill();
+                }
+                if cancelled() {
+                    let _ = fs::remove_dir_all(&cfg.work_dir);
+                    return Err(InstanceError::Cancelled);
                 }
                 let reason = match e {
                     kiln_sandbox::GuestError::NotReady { seconds } => format!(
@@ -278,9 +299,18 @@ impl std::fmt::Display for KeptInstance {
     }
 }
 
-/// Says why the guest is gone: QEMU exited, or the console shows a fatal boot failure.
-fn watchdog(pid: u32, serial: PathBuf, stderr: PathBuf) -> kiln_sandbox::Watchdog {
+/// Says why the guest is gone: QEMU exited, or the console shows a fatal boot failure — or
+/// the instance was cancelled, which every wait on the guest then reports at its next tick.
+fn watchdog(
+    pid: u32,
+    serial: PathBuf,
+    stderr: PathBuf,
+    cancel: Option<kiln_host::Cancel>,
+) -> kiln_sandbox::Watchdog {
     Box::new(move || {
+        if cancel.as_ref().is_some_and(kiln_host::Cancel::is_cancelled) {
+            return Some(CANCELLED.to_string());
+        }
         if let Some(why) = fatal_console(&fs::read_to_string(&serial).unwrap_or_default()) {
             return Some(why);
         }

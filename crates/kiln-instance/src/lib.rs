@@ -25,7 +25,7 @@ mod prepare;
 mod report;
 mod suite;
 
-pub use instance::{Instance, InstanceConfig, KeptInstance, Readiness, fatal_console};
+pub use instance::{CANCELLED, Instance, InstanceConfig, KeptInstance, Readiness, fatal_console};
 pub use launch::{LaunchOptions, Launched, launch, nocloud_seed};
 pub use prepare::{
     AGENT_PORT, AGENT_UNIT, PREPARE_ARG, ToolBundle, agent_disk, make_overlay, prepare_main_if_requested,
@@ -47,6 +47,9 @@ pub enum InstanceError {
     /// The guest never became ready: the reason, and the end of its console.
     #[error("the test instance did not become ready: {reason}")]
     NotReady { reason: String, console: String },
+    /// [`InstanceConfig::cancel`] was cancelled before the instance was up.
+    #[error("the test instance was cancelled")]
+    Cancelled,
 }
 
 impl InstanceError {

@@ -110,6 +110,10 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
 
     // 1. Boot.
     let cfg = &opts.instance;
+    // Checked between tests: a cancel makes every request to the guest fail within a tick,
+    // and ending here spares a tick per remaining request. A cancelled suite keeps no instance.
+    let cancelled = || cfg.cancel.as_ref().is_some_and(kiln_host::Cancel::is_cancelled);
+    const CANCELLED: &str = "not run: the test stage was cancelled";
     let a = match Instance::launch(cfg) {
         Ok(a) => a,
         Err(e) => {
@@ -120,6 +124,11 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
         }
     };
     report.agent_ready_ms = Some(ms(a.agent_after));
+    if cancelled() {
+        skip_rest(&mut tests, CANCELLED);
+        let console = a.console();
+        return finish(report, tests, None, console);
+    }
     let left = cfg.ready_timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(10));
     let boots = (|| {
         let ready = a.wait_ready(left).map_err(|e| e.reason())?;
@@ -139,6 +148,12 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
     })();
     match boots {
         Ok(output) => tests.push(TestCase::passed("boots-to-multi-user", t0.elapsed(), output)),
+        Err(reason) if cancelled() => {
+            tests.push(TestCase::failed("boots-to-multi-user", t0.elapsed(), reason, String::new()));
+            skip_rest(&mut tests, CANCELLED);
+            let console = a.console();
+            return finish(report, tests, None, console);
+        }
         Err(reason) => {
             let console = a.console();
             tests.push(TestCase::failed(
@@ -213,7 +228,17 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
         Ok(Verdict::Pass(format!("auditd active, {loaded} rule(s) loaded\n{}", rules.stdout)))
     }));
 
-    tests.extend(extra(host));
+    if !cancelled() {
+        tests.extend(extra(host));
+    }
+    if cancelled() {
+        // The second instance, if booting, ends at its next tick: waited for, so its QEMU is
+        // gone before the caller cleans up.
+        let _ = second.take().map(std::thread::JoinHandle::join);
+        skip_rest(&mut tests, CANCELLED);
+        let console = a.console();
+        return finish(report, tests, None, console);
+    }
     if opts.fail_fast && tests.iter().any(|t| t.status == crate::TestStatus::Failed) {
         skip_rest(&mut tests, "not run: an earlier test failed (builds stop at the first failure)");
         let console = a.console();
@@ -238,6 +263,13 @@ pub fn run_suite(opts: &SuiteOptions, extra: ExtraTests<'_>) -> SuiteOutcome {
         Ok(Verdict::Pass(out))
     }));
 
+    if cancelled() {
+        // A second instance booting already sees the cancel at its next tick and ends.
+        let _ = second.map(std::thread::JoinHandle::join);
+        skip_rest(&mut tests, CANCELLED);
+        let console = a.console();
+        return finish(report, tests, None, console);
+    }
     if second.is_none() {
         second = second_cfg.map(start_second);
     }

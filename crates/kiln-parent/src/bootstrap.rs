@@ -283,6 +283,17 @@ pub struct BaseInfo {
 /// steps in the tree provides name resolution). When systemd is installed, networkd gets a
 /// DHCP configuration and is enabled.
 pub fn bootstrap(spec: &BootstrapSpec, dest: &Path, cache_dir: &Path) -> Result<BaseInfo> {
+    bootstrap_until(spec, dest, cache_dir, None)
+}
+
+/// [`bootstrap`], stopped by `cancel`: mmdebstrap and everything it started are killed
+/// within seconds, the partial tree is removed, and the result is [`ParentError::Cancelled`].
+pub fn bootstrap_until(
+    spec: &BootstrapSpec,
+    dest: &Path,
+    cache_dir: &Path,
+    cancel: Option<&kiln_host::Cancel>,
+) -> Result<BaseInfo> {
     let start = Instant::now();
     spec.validate()?;
     if !tool::have("mmdebstrap") {
@@ -323,7 +334,7 @@ pub fn bootstrap(spec: &BootstrapSpec, dest: &Path, cache_dir: &Path) -> Result<
     cmd.arg(code).arg(staging.path()).args(spec.sources());
     tool::die_with_parent(&mut cmd);
     let t = Instant::now();
-    let result = tool::run(cmd, "mmdebstrap", &format!("bootstrapping Debian {code}"));
+    let result = tool::run_until(cmd, "mmdebstrap", &format!("bootstrapping Debian {code}"), cancel);
     let materialize_ms = ms(t);
     // Whatever happened, the cache must not keep apt's lock and partial downloads.
     let _ = fs::remove_file(cache.join("lock"));

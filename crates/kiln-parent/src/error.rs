@@ -48,6 +48,10 @@ pub enum ParentError {
     #[error("no Linux root file system found in disk image `{}`: {reason}", path.display())]
     NoRootFs { path: PathBuf, reason: String },
 
+    /// The work was cancelled; the tool was killed and nothing it made was kept.
+    #[error("cancelled")]
+    Cancelled,
+
     /// A tarball that could not be extracted, or whose content is not a root tree.
     #[error("cannot import root tarball `{}`: {reason}", path.display())]
     BadTarball { path: PathBuf, reason: String },

@@ -17,7 +17,7 @@ mod tool;
 
 pub use bootstrap::{
     BaseInfo, BootstrapSpec, DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, Timings, bootstrap, bootstrap_key,
-    default_packages,
+    bootstrap_until, default_packages,
 };
 pub use disk::{FsInfo, GPT_LINUX_FS, GPT_ROOT_X86_64, Partition, TableKind};
 pub use dpkg::{Package, installed_packages, package_digest};

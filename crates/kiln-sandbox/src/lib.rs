@@ -82,6 +82,13 @@
 //! (it watches it even while a step runs), kills the step and exits; if the helper is killed,
 //! `PR_SET_PDEATHSIG` kills the agent. No mount is left behind on the host in any case.
 //!
+//! [`Session::interrupt`] (or an [`Interrupter`] taken from the session, for a cancellation
+//! hook in another thread) ends a session from outside while a request is running: it SIGTERMs
+//! the helper without taking the session's lock, which the running request holds. The helper
+//! SIGKILLs the agent, every step process dies with the agent's PID namespace, the running
+//! request fails, and every later one fails at once without reaching for an agent; the session
+//! does not restart after that (a reboot is refused).
+//!
 //! [`Host::reboot`] is kiln's answer to a step asking for a reboot (the `Reboot` action, exit
 //! code 194): the session ends (every process dies) and a fresh one starts over the same root
 //! with the same configuration. Files written to the root persist; `/tmp` and `/dev/shm` start
@@ -109,8 +116,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kiln_host::{
@@ -227,6 +234,9 @@ pub enum SandboxError {
     /// The helper or agent died or broke the protocol.
     #[error("sandbox agent: {0}")]
     Agent(String),
+    /// The session was ended by [`Session::interrupt`].
+    #[error("the sandbox session was interrupted")]
+    Interrupted,
 }
 
 /// Starts sessions.
@@ -239,8 +249,54 @@ impl Sandbox {
         let config = validate(config)?;
         let agent = spawn(&config)?;
         tracing::debug!(helper = agent.helper.id(), root = ?config.root, "sandbox session started");
-        let helper_pid = AtomicU32::new(agent.helper.id());
-        Ok(Session { config, agent: Mutex::new(Some(agent)), helper_pid })
+        let control = Arc::new(Control::default());
+        control.helper_pid.store(agent.helper.id(), Ordering::SeqCst);
+        Ok(Session { config, agent: Mutex::new(Some(agent)), control })
+    }
+}
+
+/// What [`Session::interrupt`] needs, shared with [`Interrupter`]s: readable and writable
+/// while a request holds the session's lock.
+#[derive(Debug, Default)]
+struct Control {
+    /// The current helper's PID (0 when none). Set to 0 *before* the helper is reaped, so a
+    /// PID read here is still our unreaped child (a zombie at worst), never a recycled PID,
+    /// unless the reap happens between an interrupt's read and its kill(2) — a window of a
+    /// few instructions against the kernel cycling through the whole PID space.
+    helper_pid: AtomicU32,
+    interrupted: AtomicBool,
+}
+
+impl Control {
+    fn interrupt(&self) {
+        // The flag first: a restart that stores a new helper PID after our read below sees
+        // the flag and ends that helper itself.
+        self.interrupted.store(true, Ordering::SeqCst);
+        let pid = self.helper_pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            tracing::debug!(helper = pid, "interrupting sandbox session");
+            // SIGTERM, not SIGKILL: the helper then SIGKILLs the agent and waits for it, so
+            // once the helper is reaped the whole sandbox is gone.
+            // SAFETY: kill(2) of our own child (see `helper_pid`); no memory is involved.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}
+
+/// Interrupts one [`Session`] from anywhere (a cancellation hook); see
+/// [`Session::interrupt`]. Cheap to clone; does nothing once the session has ended.
+#[derive(Debug, Clone)]
+pub struct Interrupter {
+    control: Arc<Control>,
+}
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        self.control.interrupt();
     }
 }
 
@@ -249,8 +305,7 @@ impl Sandbox {
 pub struct Session {
     config: SandboxConfig,
     agent: Mutex<Option<Agent>>,
-    /// The current helper's PID (0 when none), readable while a request holds the mutex.
-    helper_pid: AtomicU32,
+    control: Arc<Control>,
 }
 
 #[derive(Debug)]
@@ -406,15 +461,38 @@ impl Session {
     /// The helper's process id on the host, while the session runs (for diagnostics; it does
     /// not wait for a running request).
     pub fn helper_pid(&self) -> Option<u32> {
-        Some(self.helper_pid.load(Ordering::SeqCst)).filter(|&p| p != 0)
+        Some(self.control.helper_pid.load(Ordering::SeqCst)).filter(|&p| p != 0)
+    }
+
+    /// Kill the session now, from any thread, without waiting for a running request: its
+    /// helper is signalled (lock-free), every process of the sandbox dies, the running request
+    /// returns a [`HostErrorKind::Target`] error, and so does every later one. The session is
+    /// reaped as usual by [`Session::shutdown`] or its drop.
+    pub fn interrupt(&self) {
+        self.control.interrupt();
+    }
+
+    /// A handle that interrupts this session, for a hook that must own what it uses.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter { control: Arc::clone(&self.control) }
+    }
+
+    /// Whether [`Session::interrupt`] was called.
+    pub fn is_interrupted(&self) -> bool {
+        self.control.interrupted()
     }
 
     /// End the session in order: the agent exits, the helper reaps it.
+    /// [`SandboxError::Interrupted`] after an interrupt (the session is gone either way).
     pub fn shutdown(self) -> Result<(), SandboxError> {
         let Some(mut agent) = self.lock().take() else {
-            return Ok(());
+            return if self.control.interrupted() { Err(SandboxError::Interrupted) } else { Ok(()) };
         };
-        self.helper_pid.store(0, Ordering::SeqCst);
+        self.control.helper_pid.store(0, Ordering::SeqCst);
+        if self.control.interrupted() {
+            agent.kill();
+            return Err(SandboxError::Interrupted);
+        }
         let asked = proto::send(&mut agent.sock, &Request::Shutdown)
             .and_then(|()| proto::recv::<proto::Response, _>(&mut agent.sock));
         if let Err(e) = asked {
@@ -431,13 +509,23 @@ impl Session {
 
     /// End the session (killing every process in it) and start a fresh one over the same root.
     pub fn restart(&self) -> Result<(), SandboxError> {
+        if self.control.interrupted() {
+            return Err(SandboxError::Interrupted);
+        }
         let mut guard = self.lock();
         if let Some(agent) = guard.take() {
-            self.helper_pid.store(0, Ordering::SeqCst);
+            self.control.helper_pid.store(0, Ordering::SeqCst);
             agent.kill();
         }
         let agent = spawn(&self.config)?;
-        self.helper_pid.store(agent.helper.id(), Ordering::SeqCst);
+        self.control.helper_pid.store(agent.helper.id(), Ordering::SeqCst);
+        // An interrupt that read the PID before the store above missed this helper; it set
+        // the flag first, so it is seen here.
+        if self.control.interrupted() {
+            self.control.helper_pid.store(0, Ordering::SeqCst);
+            agent.kill();
+            return Err(SandboxError::Interrupted);
+        }
         *guard = Some(agent);
         Ok(())
     }
@@ -447,13 +535,24 @@ impl Session {
     }
 
     fn call(&self, req: &Request) -> HostResult<Reply> {
+        let interrupted = || HostError::new(HostErrorKind::Target, "the sandbox session was interrupted");
+        if self.control.interrupted() {
+            return Err(interrupted());
+        }
         let mut guard = self.lock();
         let agent = guard
             .as_mut()
             .ok_or_else(|| HostError::new(HostErrorKind::Target, "the sandbox session has ended"))?;
-        proto::send(&mut agent.sock, req)
-            .and_then(|()| proto::recv::<proto::Response, _>(&mut agent.sock))
-            .map_err(|e| HostError::new(HostErrorKind::Target, format!("sandbox agent unreachable: {e}")))?
+        let answer = proto::send(&mut agent.sock, req)
+            .and_then(|()| proto::recv::<proto::Response, _>(&mut agent.sock));
+        answer.map_err(|e| {
+            // The agent's socket closing is how an interrupt reaches a running request.
+            if self.control.interrupted() {
+                interrupted()
+            } else {
+                HostError::new(HostErrorKind::Target, format!("sandbox agent unreachable: {e}"))
+            }
+        })?
     }
 
     fn unit(&self, req: Request) -> HostResult<()> {
@@ -604,6 +703,7 @@ pub(crate) fn unexpected(reply: Reply) -> HostError {
 impl Drop for Session {
     fn drop(&mut self) {
         if let Some(agent) = self.lock().take() {
+            self.control.helper_pid.store(0, Ordering::SeqCst);
             agent.kill();
         }
     }

@@ -720,3 +720,51 @@ fn a_killed_kiln_leaves_nothing_behind() {
     assert!(!dir.path().join("late-marker").exists(), "a step process outlived kiln");
     assert_eq!(leaked(&before, dir.path()), Vec::<String>::new());
 }
+
+/// Host PIDs of processes whose command line is exactly `argv` (every PID namespace is visible
+/// from the host's /proc).
+fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted) && !is_gone(*pid))
+        .collect()
+}
+
+#[test]
+fn a_cancel_hook_interrupts_a_running_step_and_leaves_no_process() {
+    let before = mountinfo();
+    let (dir, s) = start();
+    let s = Arc::new(s);
+    let helper = s.helper_pid().unwrap();
+    let agent = agent_of(helper);
+    let token = kiln_host::Cancel::new();
+    let interrupter = s.interrupter();
+    let _guard = token.on_cancel(move || interrupter.interrupt());
+    let s2 = Arc::clone(&s);
+    // A marker no other test uses, so the process check below cannot see someone else's.
+    let step = std::thread::spawn(move || s2.exec(&req(&["sh", "-c", "sleep 3271 & sleep 3271"])));
+    let started = Instant::now();
+    while processes_running(&["sleep", "3271"]).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cancelled = Instant::now();
+    token.cancel();
+    let err = step.join().unwrap().unwrap_err();
+    let took = cancelled.elapsed();
+    assert!(took < Duration::from_secs(3), "exec returned {took:?} after the cancel");
+    assert_eq!(err.kind, HostErrorKind::Target, "{err}");
+    assert!(err.message.contains("interrupted"), "{err}");
+    assert!(s.is_interrupted());
+    // Later requests fail at once, and a reboot does not bring the session back.
+    assert!(s.read_file("/etc/passwd").unwrap_err().message.contains("interrupted"));
+    assert!(s.reboot().is_err());
+    let s = Arc::into_inner(s).unwrap();
+    assert!(matches!(s.shutdown(), Err(SandboxError::Interrupted)));
+    assert!(is_gone(helper) && is_gone(agent), "the helper or the agent outlived the interrupt");
+    assert_eq!(processes_running(&["sleep", "3271"]), Vec::<u32>::new(), "a step process outlived it");
+    assert_eq!(leaked(&before, dir.path()), Vec::<String>::new());
+}

@@ -85,8 +85,8 @@ struct Inner {
     credentials: credentials::CredentialCache,
     /// Wakes idle workers when an execution is queued.
     queued: tokio::sync::Notify,
-    /// The cancel flags of the builds running in this process, by image ARN.
-    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// The cancellation tokens of the builds running in this process, by image ARN.
+    running: Mutex<HashMap<String, kiln_host::Cancel>>,
     shutting_down: AtomicBool,
 }
 
@@ -123,15 +123,30 @@ impl Server {
         &self.inner.home
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AtomicBool>>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, kiln_host::Cancel>> {
         self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stop taking jobs and ask the running builds to stop.
+    /// Stop taking jobs and stop the running builds: each image FAILED with
+    /// [`worker::INTERRUPTED_REASON`], then its build cancelled. In that order because a
+    /// cancelled build records CANCELLED on an image still in progress, and a build the server
+    /// interrupted was not cancelled by anyone.
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        for flag in self.running().values() {
-            flag.store(true, Ordering::SeqCst);
+        let running: Vec<(String, kiln_host::Cancel)> =
+            self.running().iter().map(|(arn, c)| (arn.clone(), c.clone())).collect();
+        for (arn, cancel) in running {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let server = self.clone();
+                    rt.spawn(async move {
+                        worker::fail_image(&server, &arn, worker::INTERRUPTED_REASON).await;
+                        cancel.cancel();
+                    });
+                }
+                // Outside a runtime (no store calls possible here): stopping matters most.
+                Err(_) => cancel.cancel(),
+            }
         }
         self.inner.queued.notify_waiters();
     }

@@ -91,14 +91,7 @@ impl Pool {
         let running: Vec<String> = server.running().keys().cloned().collect();
         for arn in running {
             tracing::warn!("{arn}: {INTERRUPTED_REASON}");
-            let store = server.store();
-            if let Ok(image) = store.get_image_by_arn(&arn).await {
-                if image.state.is_in_progress() {
-                    let _ = store
-                        .transition(&arn, kiln_store::ImageState::Failed, Some(INTERRUPTED_REASON))
-                        .await;
-                }
-            }
+            worker::fail_image(server, &arn, INTERRUPTED_REASON).await;
         }
     }
 }

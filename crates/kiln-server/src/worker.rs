@@ -3,9 +3,9 @@
 //! the execution was started with; and the reaper that fails executions whose server stopped
 //! (their lease expired), so that no image stays BUILDING forever.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use kiln_host::Cancel;
 
 use kiln_build::{BuildEvent, BuildProgress, BuildRequest, Kiln, OnError};
 use kiln_component::engine::{Event, Observer};
@@ -99,7 +99,7 @@ async fn execute(server: &Server, worker_id: &str, job: Job, lease: Duration) {
         finish_failed(server, worker_id, job.id, &arn, &reason).await;
         return;
     }
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     server.running().insert(arn.clone(), cancel.clone());
     let heartbeat =
         tokio::spawn(heartbeat(server.clone(), worker_id.to_owned(), job.id, lease, cancel.clone()));
@@ -124,17 +124,20 @@ async fn execute(server: &Server, worker_id: &str, job: Job, lease: Duration) {
     .unwrap_or_else(|e| Err(format!("the build thread failed: {e}")));
     heartbeat.abort();
     server.running().remove(&arn);
+    // Whatever the outcome: the resource file is also in the image's record and manifest.
+    if let Err(e) = std::fs::remove_dir_all(&work) {
+        tracing::warn!("removing the execution folder {}: {e}", work.display());
+    }
     match result {
         Ok(_) => {
             tracing::info!("worker {worker_id}: {arn} is AVAILABLE");
             let _ = store.complete(job.id, worker_id).await;
-            let _ = std::fs::remove_dir_all(&work);
         }
         Err(reason) => {
             let state = store.get_image_by_arn(&arn).await.map(|i| i.state).ok();
             if state == Some(ImageState::Cancelled) {
                 let _ = store.mark_cancelled(job.id, worker_id).await;
-            } else if server.is_shutting_down() && cancel.load(Ordering::SeqCst) {
+            } else if server.is_shutting_down() && cancel.is_cancelled() {
                 finish_failed(server, worker_id, job.id, &arn, INTERRUPTED_REASON).await;
             } else {
                 tracing::warn!("worker {worker_id}: {arn} failed: {reason}");
@@ -150,7 +153,7 @@ async fn finish_failed(server: &Server, worker_id: &str, job: i64, arn: &str, re
     let _ = server.store().fail(job, worker_id, reason).await;
 }
 
-async fn fail_image(server: &Server, arn: &str, reason: &str) {
+pub(crate) async fn fail_image(server: &Server, arn: &str, reason: &str) {
     let store = server.store();
     if let Ok(image) = store.get_image_by_arn(arn).await {
         if image.state.is_in_progress() {
@@ -161,14 +164,15 @@ async fn fail_image(server: &Server, arn: &str, reason: &str) {
 
 /// Renews the lease (three times per lease, so one slow write does not lose it) until
 /// aborted; a cancellation request or a lost lease stops the build.
-async fn heartbeat(server: Server, worker_id: String, job: i64, lease: Duration, cancel: Arc<AtomicBool>) {
+async fn heartbeat(server: Server, worker_id: String, job: i64, lease: Duration, cancel: Cancel) {
     loop {
         tokio::time::sleep(lease / 3).await;
         match server.store().heartbeat(job, &worker_id, lease).await {
             Ok(false) => {}
-            Ok(true) => cancel.store(true, Ordering::SeqCst),
+            // `cancel` kills what the build is running (a step, a test instance) at once.
+            Ok(true) => cancel.cancel(),
             Err(StoreError::LeaseLost { .. }) => {
-                cancel.store(true, Ordering::SeqCst);
+                cancel.cancel();
                 return;
             }
             Err(e) => tracing::warn!("heartbeat of job {job}: {e}"),

@@ -2,14 +2,17 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kiln_build::{BuildError, BuildRequest, Kiln, OnError};
+use kiln_host::Cancel;
 
 use crate::cli::{BuildArgs, OnErrorArg};
 use crate::progress::BuildLines;
 
 pub fn run(home: &std::path::Path, args: BuildArgs) -> Result<ExitCode> {
     let kiln = Kiln::open(home)?;
+    let cancel = Cancel::new();
+    cancel_on_signals(cancel.clone()).context("cannot watch for SIGINT and SIGTERM")?;
     let req = BuildRequest {
         resource_file: args.file.clone(),
         out_dir: args.out.clone(),
@@ -27,7 +30,7 @@ pub fn run(home: &std::path::Path, args: BuildArgs) -> Result<ExitCode> {
             Err(_) => None,
         },
         image_arn: None,
-        cancel: None,
+        cancel: Some(cancel),
     };
     let progress = BuildLines::new(args.json);
     match kiln.build(&req, &progress) {
@@ -77,6 +80,16 @@ pub fn run(home: &std::path::Path, args: BuildArgs) -> Result<ExitCode> {
             eprintln!("error: nothing was built: fix the problems above first");
             Ok(ExitCode::from(crate::EXIT_FAILED))
         }
+        Err(BuildError::Cancelled) => {
+            progress.finish();
+            if args.json {
+                println!("{}", serde_json::json!({ "event": "outcome", "error": "cancelled" }));
+            }
+            eprintln!(
+                "error: the build was cancelled; the image is CANCELLED and nothing it made was cached"
+            );
+            Ok(ExitCode::from(crate::EXIT_CANCELLED))
+        }
         Err(e) => {
             progress.finish();
             if args.json {
@@ -86,4 +99,39 @@ pub fn run(home: &std::path::Path, args: BuildArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(crate::EXIT_FAILED))
         }
     }
+}
+
+/// From now on, the first SIGINT or SIGTERM cancels `cancel` (the build stops what runs and
+/// cleans up, which takes seconds); a second one exits at once, leaving the clean-up to the
+/// next kiln (stale scratch layers and staging folders are removed when KILN_HOME is opened;
+/// sandboxes and instances die with kiln).
+fn cancel_on_signals(cancel: Cancel) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    // Registered before returning, so no signal between here and the watcher's start kills
+    // kiln the default way; the runtime queues them until the watcher runs.
+    let (mut int, mut term) = {
+        let _entered = rt.enter();
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+    };
+    std::thread::Builder::new().name("kiln-signals".into()).spawn(move || {
+        rt.block_on(async move {
+            let mut first = true;
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if !first {
+                    eprintln!("kiln: exiting without cleaning up");
+                    std::process::exit(i32::from(crate::EXIT_CANCELLED));
+                }
+                first = false;
+                eprintln!("kiln: cancelling the build: stopping what runs and cleaning up (signal again to exit at once)");
+                // The token's hooks (killing the sandbox or a test instance) run here.
+                cancel.cancel();
+            }
+        })
+    })?;
+    Ok(())
 }

@@ -1,7 +1,5 @@
 //! Images, pipeline executions and scan findings.
 
-use std::sync::atomic::Ordering;
-
 use kiln_api::ApiError;
 use kiln_store::{FindingFilter, Image, ImageFilter, ImageState, NewImage, StoreError, Version};
 use serde_json::{Map, Value, json};
@@ -274,8 +272,11 @@ pub(super) async fn cancel_image_creation(c: &Ctx<'_>) -> Result<Value, ApiError
         // or at once below when it runs in this process.
         store.cancel_job(execution.job_id).await.map_err(internal)?;
     }
-    if let Some(flag) = c.server.running().get(&image.arn) {
-        flag.store(true, Ordering::SeqCst);
+    // Cloned out: the token's hooks (killing the build's sandbox or test instance) run in
+    // this thread, and not under the map's lock.
+    let running = c.server.running().get(&image.arn).cloned();
+    if let Some(cancel) = running {
+        cancel.cancel();
     }
     Ok(json!({ "imageBuildVersionArn": image.arn }))
 }
