@@ -70,14 +70,19 @@ pub enum AccessError {
 }
 
 impl Kiln {
-    /// Apply what the distribution configuration says to a just-registered image: its tags,
-    /// launch permissions and name per region.
+    /// Apply what the distribution configuration says to a just-registered image: its tags
+    /// (added to those it was created with), launch permissions and name per region.
     pub fn register_distribution(&self, image: &Image, file: &ResourceFile) -> Result<(), BuildError> {
         let settings =
             distribution_settings(file, image).map_err(|e| BuildError::Component(e.to_string()))?;
         let store = self.store();
         let err = |e: kiln_store::StoreError| BuildError::Store(e.to_string());
-        self.block_on(store.set_image_tags(&image.arn, &settings.tags)).map_err(err)?;
+        // The tags the image was created with (the API's `tags` and a pipeline's `imageTags`)
+        // stay, winning over the recipe's and distribution's of the same key: they were asked
+        // for this very build.
+        let mut tags = settings.tags.clone();
+        tags.extend(image.tags.clone());
+        self.block_on(store.set_image_tags(&image.arn, &tags)).map_err(err)?;
         if !settings.launch_permissions.is_empty() {
             self.block_on(store.add_launch_permissions(&image.arn, &settings.launch_permissions))
                 .map_err(err)?;

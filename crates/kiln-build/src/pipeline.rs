@@ -221,7 +221,8 @@ impl Kiln {
                     region: kiln_model::LOCAL_REGION.to_string(),
                     account: kiln_model::LOCAL_ACCOUNT.to_string(),
                     recipe: serde_json::to_value(&file).unwrap_or_default(),
-                    tags: recipe.tags.clone(),
+                    // The recipe's tags are set by the registration below, templates expanded.
+                    tags: kiln_store::Tags::new(),
                 }))
                 .map_err(|e| BuildError::Store(e.to_string()))?,
         };
