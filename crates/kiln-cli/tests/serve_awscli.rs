@@ -48,6 +48,19 @@ struct Env {
 }
 
 impl Env {
+    /// `kiln serve ARGS` on a free port of loopback, over `home`.
+    fn serve(home: tempfile::TempDir, args: &[&str]) -> Env {
+        let serve_args = [&["serve", "--listen", "127.0.0.1:0"][..], args].concat();
+        let (child, line) = start_kiln(home.path(), &serve_args);
+        let port: u16 = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("kiln serve printed {line:?}"));
+        Env { home, serve: Serve { child, port } }
+    }
+
     fn kiln(home: &Path, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(args)
@@ -105,6 +118,16 @@ impl Env {
     fn ok(&self, key: &Key, args: &[&str]) -> Value {
         self.aws(key, args).unwrap_or_else(|e| panic!("aws imagebuilder {args:?} failed: {e}"))
     }
+
+    /// `create-component` of the YAML document `data` as NAME 1.0.0; its build version ARN.
+    fn component(&self, key: &Key, name: &str, data: &str) -> String {
+        let doc = self.home.path().join(format!("{name}.yml"));
+        std::fs::write(&doc, data).unwrap();
+        let data = format!("file://{}", doc.display());
+        let args = ["--name", name, "--semantic-version", "1.0.0", "--platform", "Linux", "--data", &data];
+        let out = self.ok(key, &[&["create-component"][..], &args].concat());
+        out["componentBuildVersionArn"].as_str().unwrap().to_owned()
+    }
 }
 
 const COMPONENT: &str = r#"name: api-hello
@@ -143,30 +166,38 @@ except ClientError as e:
 print(json.dumps(out))
 "#;
 
-#[test]
-fn aws_cli_drives_a_pipeline_to_an_available_image() {
+fn admin_policy() -> Value {
+    json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "imagebuilder:*", "Resource": "*"}]})
+}
+
+/// Whether this test can run here: root (the build sandbox), the AWS CLI and boto3. In CI
+/// (scripts/test.sh sets KILN_REQUIRE_S3_TESTS) missing clients are a failure, not a skip.
+fn can_run() -> bool {
     let uid =
         Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     if uid.ok().as_deref() != Some("0") {
         eprintln!("skipped: building needs root");
-        return;
+        return false;
     }
     if !available("aws", &["--version"]) || !available("python3", &["-c", "import boto3"]) {
-        // CI (scripts/test.sh) sets this: there missing clients are a failure, not a skip.
         assert!(
             !std::env::var("KILN_REQUIRE_S3_TESTS").is_ok_and(|v| v == "1"),
             "the AWS CLI and boto3 are required (scripts/install-deps.sh --test installs them)"
         );
         eprintln!("skipped: the AWS CLI and boto3 are needed (scripts/install-deps.sh --test)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn aws_cli_drives_a_pipeline_to_an_available_image() {
+    if !can_run() {
         return;
     }
     let started = Instant::now();
     let home = tempfile::Builder::new().prefix("kiln-serve-").tempdir().unwrap();
-    let admin = Env::user(
-        home.path(),
-        "admin",
-        &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "imagebuilder:*", "Resource": "*"}]}),
-    );
+    let admin = Env::user(home.path(), "admin", &admin_policy());
     let restricted = Env::user(
         home.path(),
         "reader",
@@ -178,44 +209,10 @@ fn aws_cli_drives_a_pipeline_to_an_available_image() {
     assert_eq!(users.as_array().map(Vec::len), Some(2));
     assert!(!String::from_utf8_lossy(&listed.stdout).contains(&admin.secret));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-        .env("KILN_HOME", home.path())
-        .env("KILN_CACHE_DIR", shared_cache())
-        .env("RUST_LOG", "warn,kiln_server=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kiln serve");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port: u16 = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("kiln serve printed {line:?}"));
-    let env = Env { home, serve: Serve { child, port } };
+    let env = Env::serve(home, &["--workers", "1"]);
     let account = "000000000000";
 
-    let doc = env.home.path().join("api-hello.yml");
-    std::fs::write(&doc, COMPONENT).unwrap();
-    let data = format!("file://{}", doc.display());
-    let component = env.ok(
-        &admin,
-        &[
-            "create-component",
-            "--name",
-            "api-hello",
-            "--semantic-version",
-            "1.0.0",
-            "--platform",
-            "Linux",
-            "--data",
-            &data,
-        ],
-    );
-    let component_arn = component["componentBuildVersionArn"].as_str().unwrap().to_owned();
+    let component_arn = env.component(&admin, "api-hello", COMPONENT);
     assert_eq!(component_arn, format!("arn:aws:imagebuilder:local:{account}:component/api-hello/1.0.0/1"));
     let got = env.ok(&admin, &["get-component", "--component-build-version-arn", &component_arn]);
     assert_eq!(got["component"]["data"], COMPONENT);
@@ -265,6 +262,8 @@ fn aws_cli_drives_a_pipeline_to_an_available_image() {
             "imageTestsEnabled=false",
             "--image-scanning-configuration",
             "imageScanningEnabled=false",
+            "--image-tags",
+            "origin=api-pipeline",
         ],
     );
     let pipeline_arn = pipeline["imagePipelineArn"].as_str().unwrap().to_owned();
@@ -289,6 +288,9 @@ fn aws_cli_drives_a_pipeline_to_an_available_image() {
     let build_secs = build_started.elapsed().as_secs_f64();
     let image = env.ok(&admin, &["get-image", "--image-build-version-arn", &image_arn])["image"].clone();
     assert_eq!(image["sourcePipelineArn"], pipeline_arn.as_str());
+    // The pipeline's imageTags and the distribution's amiTags are both on the image.
+    assert_eq!(image["tags"]["origin"], "api-pipeline", "{image}");
+    assert_eq!(image["tags"]["built-by"], "kiln", "{image}");
     assert_eq!(image["imageTestsConfiguration"]["imageTestsEnabled"], false);
     let folder = image["outputResources"]["amis"][0]["image"].as_str().unwrap().to_owned();
     assert!(Path::new(&folder).join("manifest.json").is_file(), "{folder}");
@@ -339,6 +341,69 @@ fn aws_cli_drives_a_pipeline_to_an_available_image() {
     );
     env.ok(&admin, &["untag-resource", "--resource-arn", &image_arn, "--tag-keys", "team"]);
 
+    // CreateImage (no pipeline) from the same recipe, cancelled before a worker takes it.
+    let created = env.ok(
+        &admin,
+        &[
+            "create-image",
+            "--image-recipe-arn",
+            &recipe_arn,
+            "--infrastructure-configuration-arn",
+            &infra_arn,
+            "--image-tests-configuration",
+            "imageTestsEnabled=false",
+            "--tags",
+            "made-by=create-image",
+        ],
+    );
+    let created_arn = created["imageBuildVersionArn"].as_str().unwrap().to_owned();
+    assert_eq!(created_arn, format!("arn:aws:imagebuilder:local:{account}:image/api-web/1.0.0/2"));
+    env.ok(&admin, &["cancel-image-creation", "--image-build-version-arn", &created_arn]);
+    let got = env.ok(&admin, &["get-image", "--image-build-version-arn", &created_arn])["image"].clone();
+    assert_eq!(got["state"]["status"], "CANCELLED");
+    assert!(got.get("sourcePipelineArn").is_none(), "{got}");
+    assert_eq!(got["tags"]["made-by"], "create-image");
+
+    // A lifecycle policy, in the AWS CLI's shapes (DISABLED: the scheduler must not act on it).
+    let rules = r#"[{"action": {"type": "DELETE"}, "filter": {"type": "COUNT", "value": 5}}]"#;
+    let selection = r#"{"recipes": [{"name": "api-web", "semanticVersion": "1.0.0"}]}"#;
+    let policy = env.ok(
+        &admin,
+        &[
+            "create-lifecycle-policy",
+            "--name",
+            "api-retention",
+            "--status",
+            "DISABLED",
+            "--execution-role",
+            "arn:aws:iam::000000000000:role/kiln-lifecycle",
+            "--resource-type",
+            "AMI_IMAGE",
+            "--policy-details",
+            rules,
+            "--resource-selection",
+            selection,
+        ],
+    );
+    let policy_arn = policy["lifecyclePolicyArn"].as_str().unwrap().to_owned();
+    assert_eq!(policy_arn, format!("arn:aws:imagebuilder:local:{account}:lifecycle-policy/api-retention"));
+    let got = env.ok(&admin, &["get-lifecycle-policy", "--lifecycle-policy-arn", &policy_arn]);
+    assert_eq!(got["lifecyclePolicy"]["policyDetails"][0]["filter"]["value"], 5);
+    let listed = env.ok(&admin, &["list-lifecycle-policies"]);
+    assert_eq!(listed["lifecyclePolicySummaryList"][0]["arn"], policy_arn.as_str());
+    let denied = env
+        .aws(&restricted, &["delete-lifecycle-policy", "--lifecycle-policy-arn", &policy_arn])
+        .unwrap_err();
+    assert!(denied.contains("AccessDeniedException"), "{denied}");
+    env.ok(&admin, &["delete-lifecycle-policy", "--lifecycle-policy-arn", &policy_arn]);
+    // The worker may have claimed the image before the cancel: it is deleted once the worker
+    // has let go of it (its execution folder is gone).
+    let executions = env.home.path().join("api").join("executions");
+    wait_for("the cancelled execution to end", Duration::from_secs(60), || {
+        std::fs::read_dir(&executions).map(|d| d.count() == 0).unwrap_or(true)
+    });
+    env.ok(&admin, &["delete-image", "--image-build-version-arn", &created_arn]);
+
     // Deletions, in dependency order.
     env.ok(&admin, &["delete-image", "--image-build-version-arn", &image_arn]);
     assert!(!Path::new(&folder).exists(), "{folder} should be removed");
@@ -369,5 +434,164 @@ fn aws_cli_drives_a_pipeline_to_an_available_image() {
     eprintln!(
         "serve_awscli: build {build_secs:.1} s (start to AVAILABLE), whole test {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+const SLOW_COMPONENT: &str = r#"name: api-slow
+description: A build step that waits until it is stopped.
+schemaVersion: 1.0
+phases:
+  - name: build
+    steps:
+      - name: Wait
+        action: ExecuteBash
+        inputs:
+          commands:
+            - sleep 3217
+"#;
+
+/// The pids of processes running `sleep 3217` (the slow component's step).
+fn slow_steps() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x003217\x00"))
+        .collect()
+}
+
+/// Waits up to `limit` for `done`, returning how long it took.
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    t.elapsed()
+}
+
+/// `kiln ARGS` (a long-running command) over `home`, and the first line it printed.
+fn start_kiln(home: &Path, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_HOME", home)
+        .env("KILN_CACHE_DIR", shared_cache())
+        .env("RUST_LOG", "warn,kiln_server=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start kiln");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
+/// `kiln worker` over `home`, killed (SIGKILL) when dropped.
+fn start_worker(home: &Path) -> Serve {
+    let (child, line) = start_kiln(home, &["worker", "--lease-seconds", "6"]);
+    assert!(line.starts_with("worker ready"), "kiln worker printed {line:?}");
+    Serve { child, port: 0 }
+}
+
+/// Builds in a separate `kiln worker` process (the server only serves and reaps): a build
+/// cancelled through the API while its step runs stops at once with nothing left running; a
+/// worker killed in the middle of a build takes its step with it, and the next worker fails
+/// the build with a reason once the lease has run out.
+#[test]
+fn a_worker_process_builds_and_cancel_or_a_killed_worker_leave_nothing_running() {
+    if !can_run() {
+        return;
+    }
+    assert!(slow_steps().is_empty(), "a `sleep 3217` from an earlier run is still running");
+    let home = tempfile::Builder::new().prefix("kiln-serve-").tempdir().unwrap();
+    let admin = Env::user(home.path(), "admin", &admin_policy());
+    let env = Env::serve(home, &["--workers", "0", "--lease-seconds", "6", "--no-scheduler"]);
+    let mut worker = start_worker(env.home.path());
+
+    let component = env.component(&admin, "api-slow", SLOW_COMPONENT);
+    let components = format!("componentArn={component}");
+    let recipe = env.ok(
+        &admin,
+        &[
+            "create-image-recipe",
+            "--name",
+            "api-slow",
+            "--semantic-version",
+            "1.0.0",
+            "--parent-image",
+            "debian-12-x86",
+            "--components",
+            &components,
+        ],
+    )["imageRecipeArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let infra = env.ok(
+        &admin,
+        &["create-infrastructure-configuration", "--name", "api-slow", "--instance-profile-name", "kiln"],
+    )["infrastructureConfigurationArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pipeline = env.ok(
+        &admin,
+        &[
+            "create-image-pipeline",
+            "--name",
+            "api-slow",
+            "--image-recipe-arn",
+            &recipe,
+            "--infrastructure-configuration-arn",
+            &infra,
+            "--image-tests-configuration",
+            "imageTestsEnabled=false",
+        ],
+    )["imagePipelineArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = |arn: &str| -> Value {
+        env.ok(&admin, &["get-image", "--image-build-version-arn", arn])["image"]["state"].clone()
+    };
+    let start = || -> String {
+        env.ok(&admin, &["start-image-pipeline-execution", "--image-pipeline-arn", &pipeline])
+            ["imageBuildVersionArn"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Cancelled while the step runs: CANCELLED at once, the step gone within seconds.
+    let first = start();
+    wait_for("the worker to start the slow step", Duration::from_secs(600), || !slow_steps().is_empty());
+    assert_eq!(state(&first)["status"], "BUILDING");
+    env.ok(&admin, &["cancel-image-creation", "--image-build-version-arn", &first]);
+    assert_eq!(state(&first)["status"], "CANCELLED");
+    let stopped = wait_for("the cancelled step to stop", Duration::from_secs(30), || slow_steps().is_empty());
+    assert_eq!(state(&first)["status"], "CANCELLED", "a cancelled build must stay CANCELLED");
+    let executions = env.home.path().join("api").join("executions");
+    wait_for("the execution's work folder to go", Duration::from_secs(10), || {
+        std::fs::read_dir(&executions).map(|d| d.count() == 0).unwrap_or(true)
+    });
+
+    // The worker dies in the middle of the next build: its step dies with it.
+    let second = start();
+    wait_for("the worker to start the slow step again", Duration::from_secs(300), || {
+        !slow_steps().is_empty()
+    });
+    let _ = worker.child.kill();
+    let _ = worker.child.wait();
+    wait_for("the killed worker's step to die", Duration::from_secs(15), || slow_steps().is_empty());
+    assert_eq!(state(&second)["status"], "BUILDING", "the lease still holds");
+    // The next worker (or the server's reaper) fails it once the 6 s lease has run out.
+    let _worker = start_worker(env.home.path());
+    let failed = wait_for("the dead worker's build to fail", Duration::from_secs(40), || {
+        state(&second)["status"] == "FAILED"
+    });
+    assert_eq!(state(&second)["reason"], kiln_server::INTERRUPTED_REASON);
+    eprintln!(
+        "serve_awscli: cancel to step gone {:.1} s; killed worker's build failed {:.1} s after restart",
+        stopped.as_secs_f64(),
+        failed.as_secs_f64()
     );
 }
