@@ -730,6 +730,88 @@ fn named_under(dir: &Path, prefixes: &[&str]) -> Vec<PathBuf> {
     out
 }
 
+/// A `kiln build --json` in the background, its output lines read as they come.
+struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Background {
+    fn build(home: &Home, file: &Path, args: &[&str]) -> Background {
+        use std::io::{BufRead, Read};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["build", "-f", file.to_str().unwrap(), "--json"])
+            .args(args)
+            .env("KILN_HOME", home.dir.path())
+            .env("KILN_CACHE_DIR", shared_cache())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let stdout = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in out.lines().map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = err.read_to_end(&mut all);
+            text(&all)
+        });
+        Background { child, lines, stdout, stderr }
+    }
+
+    /// Polls `ready` (given the output lines so far) until it answers, for at most 10
+    /// minutes (the base may be bootstrapped first); kiln must still be running.
+    fn wait_for<T>(&mut self, what: &str, mut ready: impl FnMut(&[String]) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        let mut seen = Vec::new();
+        loop {
+            seen.extend(self.lines.try_iter());
+            if let Some(v) = ready(&seen) {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "kiln ended before {what}:\n{}",
+                seen.join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// SIGINT, then waits (at most 20 s) for kiln to exit: its status, output, and how long
+    /// it took.
+    fn interrupt(mut self) -> (std::process::ExitStatus, String, String, std::time::Duration) {
+        let kill = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let sent = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                sent.elapsed() < std::time::Duration::from_secs(20),
+                "kiln did not exit within 20 s of SIGINT"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let took = sent.elapsed();
+        (status, self.stdout.join().unwrap(), self.stderr.join().unwrap(), took)
+    }
+}
+
 #[test]
 fn ctrl_c_cancels_a_running_step_cleans_up_and_the_image_is_cancelled() {
     let home = Home::new();
@@ -743,52 +825,15 @@ fn ctrl_c_cancels_a_running_step_cleans_up_and_the_image_is_cancelled() {
 "#,
     );
     let file = one_component(dir.path(), "cancelled", &sleeping, "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["build", "-f", file.to_str().unwrap(), "--no-test", "--json"])
-        .env("KILN_HOME", home.dir.path())
-        .env("KILN_CACHE_DIR", shared_cache())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let collect = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let _ = pipe.read_to_end(&mut all);
-            all
-        })
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    let kiln = child.id();
+    let mut build = Background::build(&home, &file, &["--no-test"]);
+    let kiln = build.child.id();
     // The step has started once its `sleep 3217` runs (the base may be bootstrapped first).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    let helpers = loop {
+    let helpers = build.wait_for("the sleeping step to start", |_| {
         let helpers = sandbox_helpers_of(kiln);
-        if !pids_running(&["sleep", "3217"]).is_empty() && !helpers.is_empty() {
-            break helpers;
-        }
-        assert!(std::time::Instant::now() < deadline, "the sleeping step never started");
-        assert!(child.try_wait().unwrap().is_none(), "kiln ended before the step ran");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let kill = Command::new("kill").args(["-INT", &kiln.to_string()]).status().unwrap();
-    assert!(kill.success());
-    let cancelled = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            cancelled.elapsed() < std::time::Duration::from_secs(20),
-            "kiln did not exit within 20 s of SIGINT"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let took = cancelled.elapsed();
+        (!pids_running(&["sleep", "3217"]).is_empty() && !helpers.is_empty()).then_some(helpers)
+    });
+    let (status, stdout, stderr, took) = build.interrupt();
     eprintln!("kiln exited {took:?} after SIGINT");
-    let (stdout, stderr) = (text(&stdout.join().unwrap()), text(&stderr.join().unwrap()));
     assert_eq!(status.code(), Some(130), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains("cancelling the build"), "{stderr}");
     assert!(stderr.contains("the build was cancelled"), "{stderr}");
@@ -846,6 +891,44 @@ fn ctrl_c_cancels_a_running_step_cleans_up_and_the_image_is_cancelled() {
     let (out, v) = home.build(&file, &["--no-test"]);
     ok(&out);
     assert_eq!(v["outcome"]["state"], "AVAILABLE", "{v}");
+}
+
+/// Cancelled while the test stage's guest runs a test step: QEMU and its work folder go, the
+/// image is CANCELLED (not FAILED by a test), within seconds.
+#[test]
+fn ctrl_c_during_the_test_stage_stops_the_guest() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let phases = touch_phase(
+        r#"        - name: test
+          steps:
+            - name: Waits
+              action: ExecuteBash
+              inputs:
+                commands: ["sleep 3218"]"#,
+    );
+    let file = one_component(dir.path(), "cancelled-in-test", &phases, "");
+    let mut build = Background::build(&home, &file, &[]);
+    build.wait_for("the guest to run the test step", |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains(r#""event":"stepStarted""#) && l.contains(r#""step":"Waits""#))
+            .then_some(())
+    });
+    assert_eq!(qemu_processes_of(&home), 1, "one test instance runs the step");
+    let (status, stdout, stderr, took) = build.interrupt();
+    eprintln!("kiln exited {took:?} after SIGINT in the test stage");
+    assert_eq!(status.code(), Some(130), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(qemu_processes_of(&home), 0, "the test instance outlived the cancel");
+    let left = named_under(home.dir.path(), &[".kiln-assemble-", ".test-vm", ".build-vm", "tmp-"]);
+    assert_eq!(left, Vec::<PathBuf>::new(), "temporary folders were left behind");
+    let images = home.images();
+    let image = images.iter().find(|i| i["name"] == "cancelled-in-test").expect("the image is catalogued");
+    assert_eq!(
+        (image["state"].as_str(), image["reason"].as_str()),
+        (Some("CANCELLED"), Some("cancelled")),
+        "{image}"
+    );
 }
 
 #[test]
