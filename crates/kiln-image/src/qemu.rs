@@ -198,6 +198,10 @@ pub struct VmConfig {
     /// Attach the serial console (and QEMU's monitor, Ctrl-A C) to kiln's terminal instead of
     /// a log file.
     pub interactive: bool,
+    /// A guest reboot powers QEMU off (`-no-reboot`) instead of resetting the machine, for
+    /// the owner to start it again cold with [`Vm::restart`]: under TCG, a warm reset now and
+    /// then hangs in the firmware with a vCPU spinning, and a cold start does not.
+    pub cold_reboot: bool,
 }
 
 impl VmConfig {
@@ -220,6 +224,7 @@ impl VmConfig {
             outlive_kiln: false,
             nic: None,
             interactive: false,
+            cold_reboot: false,
         }
     }
 }
@@ -237,12 +242,31 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU with the disk as its only boot device.
     pub fn spawn(cfg: &VmConfig) -> Result<Vm, QemuError> {
+        Vm::start(cfg, true)
+    }
+
+    /// Starts QEMU again, cold, on the same disk, firmware variables and console log (which
+    /// goes on after what the previous run wrote): the second half of a [`VmConfig::cold_reboot`].
+    /// The previous QEMU is killed first if it still runs.
+    pub fn restart(&mut self, cfg: &VmConfig) -> Result<(), QemuError> {
+        self.kill();
+        let next = Vm::start(cfg, false)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// `fresh`: a new machine (the firmware's variables copied, the console log emptied);
+    /// otherwise the same machine powered on again.
+    fn start(cfg: &VmConfig, fresh: bool) -> Result<Vm, QemuError> {
         fs::create_dir_all(&cfg.work_dir).map_err(io_err("creating", &cfg.work_dir))?;
         let vars = cfg.work_dir.join("OVMF_VARS.fd");
-        fs::copy(&cfg.firmware.vars, &vars).map_err(io_err("copying the OVMF variable store to", &vars))?;
         let serial = cfg.work_dir.join("serial.log");
         let stderr = cfg.work_dir.join("qemu.stderr");
-        File::create(&serial).map_err(io_err("creating", &serial))?;
+        if fresh {
+            fs::copy(&cfg.firmware.vars, &vars)
+                .map_err(io_err("copying the OVMF variable store to", &vars))?;
+            File::create(&serial).map_err(io_err("creating", &serial))?;
+        }
         let err_file = File::create(&stderr).map_err(io_err("creating", &stderr))?;
         let accel = cfg.accel.unwrap_or_else(detect_accel);
         let mut cmd = Command::new(QEMU);
@@ -263,9 +287,16 @@ impl Vm {
                 qemu_path(&cfg.disk),
                 if cfg.snapshot { ",snapshot=on" } else { "" }
             ))
-            .arg("-serial")
-            .arg(if cfg.interactive { "mon:stdio".to_string() } else { format!("file:{}", serial.display()) })
-            .args(&cfg.extra_args);
+            .args(if cfg.cold_reboot { &["-no-reboot"][..] } else { &[][..] });
+        if cfg.interactive {
+            cmd.args(["-serial", "mon:stdio"]);
+        } else {
+            // Appended to, so a cold reboot's console follows the previous boot's.
+            cmd.arg("-chardev")
+                .arg(format!("file,id=kilnserial,path={},append=on", qemu_path(&serial)))
+                .args(["-serial", "chardev:kilnserial"]);
+        }
+        cmd.args(&cfg.extra_args);
         if cfg.interactive {
             cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(err_file);
         } else {

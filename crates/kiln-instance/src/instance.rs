@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kiln_host::{ExecRequest, Host};
@@ -53,10 +54,31 @@ pub struct InstanceConfig {
 /// Why the guest is gone when [`InstanceConfig::cancel`] was cancelled.
 pub const CANCELLED: &str = "the instance was cancelled";
 
+/// What the kernel prints last before it resets the machine (and not before a power-off).
+const KERNEL_REBOOTING: &str = "reboot: Restarting system";
+
+/// QEMU and how to start it again. A guest reboot makes QEMU exit (`cold_reboot`); the
+/// watchdog, polled by every wait on the guest, then powers the same machine on again.
+#[derive(Debug)]
+struct Machine {
+    vm: Option<Vm>,
+    cfg: VmConfig,
+    /// Where the current boot's console output starts in the log.
+    boot_console_at: u64,
+    /// Why QEMU is gone, once it is (and not to be started again).
+    gone: Option<String>,
+}
+
+type SharedMachine = Arc<Mutex<Machine>>;
+
+fn lock(machine: &SharedMachine) -> MutexGuard<'_, Machine> {
+    machine.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A booted instance with its agent.
 #[derive(Debug)]
 pub struct Instance {
-    vm: Option<Vm>,
+    machine: SharedMachine,
     session: GuestSession,
     work_dir: PathBuf,
     socket_dir: Option<tempfile::TempDir>,
@@ -109,6 +131,7 @@ impl Instance {
         vm_cfg.memory_mib = cfg.memory_mib;
         vm_cfg.outlive_kiln = cfg.outlive_kiln;
         vm_cfg.nic = cfg.nic.clone();
+        vm_cfg.cold_reboot = true;
         vm_cfg.extra_args = vec![
             "-drive".into(),
             format!("if=virtio,format=raw,readonly=on,file={}", prepare::qemu_path(&agent_disk)),
@@ -129,8 +152,8 @@ impl Instance {
         let accel = vm.accel();
         let serial = vm.serial_log().to_path_buf();
         let started = vm.started();
-        let stderr = cfg.work_dir.join("qemu.stderr");
-        let watchdog = watchdog(vm.pid().unwrap_or(0), serial.clone(), stderr, cfg.cancel.clone());
+        let machine = Arc::new(Mutex::new(Machine { vm: Some(vm), cfg: vm_cfg, boot_console_at: 0, gone: None }));
+        let watchdog = watchdog(Arc::clone(&machine), cfg.cancel.clone());
         let mut env = kiln_sandbox::SandboxConfig::default_env();
         for (k, v) in &cfg.env {
             env.retain(|(key, _)| key != k);
@@ -143,12 +166,11 @@ impl Instance {
             watchdog,
             description: format!("test instance of {} (QEMU, {accel})", cfg.image.display()),
         };
-        let mut instance_vm = Some(vm);
         let session = match GuestSession::connect(&socket, opts) {
             Ok(s) => s,
             Err(e) => {
                 let console = tail(&fs::read_to_string(&serial).unwrap_or_default(), 25);
-                if let Some(mut vm) = instance_vm.take() {
+                if let Some(mut vm) = lock(&machine).vm.take() {
                     vm.kill();
                 }
                 if cancelled() {
@@ -166,7 +188,7 @@ impl Instance {
             }
         };
         Ok(Instance {
-            vm: instance_vm,
+            machine,
             session,
             work_dir: cfg.work_dir.clone(),
             socket_dir: Some(socket_dir),
@@ -197,7 +219,7 @@ impl Instance {
 
     /// Waits until systemd has finished starting up (`running` or `degraded`), within `timeout`.
     pub fn wait_ready(&self, timeout: Duration) -> Result<Readiness, InstanceError> {
-        let started = self.vm.as_ref().map(Vm::started).unwrap_or_else(Instant::now);
+        let started = lock(&self.machine).vm.as_ref().map(Vm::started).unwrap_or_else(Instant::now);
         let req = ExecRequest {
             argv: ["systemctl", "is-system-running", "--wait"].map(String::from).to_vec(),
             timeout: Some(timeout),
@@ -240,7 +262,8 @@ impl Instance {
         run(&["systemctl", "poweroff", "--no-block"])
             .map_err(|e| InstanceError::Qemu(format!("asking the guest to power off: {e}")))?;
         let deadline = Instant::now() + timeout;
-        if let Some(vm) = self.vm.as_mut() {
+        let mut machine = lock(&self.machine);
+        if let Some(vm) = machine.vm.as_mut() {
             while vm.exited().is_none() {
                 if Instant::now() >= deadline {
                     vm.kill();
@@ -249,14 +272,15 @@ impl Instance {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        self.vm = None;
+        machine.vm = None;
         Ok(())
     }
 
     /// Leaves the instance running for inspection; says how to reach it.
     pub fn keep(mut self) -> KeptInstance {
         self.keep = true;
-        let pid = self.vm.take().and_then(Vm::detach);
+        // A kept instance is nobody's to restart: a reboot in it powers it off.
+        let pid = lock(&self.machine).vm.take().and_then(Vm::detach);
         let socket = self.socket_dir.take().map(tempfile::TempDir::keep).map(|d| d.join("agent.sock"));
         KeptInstance {
             pid,
@@ -269,7 +293,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if let Some(mut vm) = self.vm.take() {
+        if let Some(mut vm) = lock(&self.machine).vm.take() {
             vm.kill();
         }
         if !self.keep {
@@ -301,33 +325,44 @@ impl std::fmt::Display for KeptInstance {
 
 /// Says why the guest is gone: QEMU exited, or the console shows a fatal boot failure — or
 /// the instance was cancelled, which every wait on the guest then reports at its next tick.
-fn watchdog(
-    pid: u32,
-    serial: PathBuf,
-    stderr: PathBuf,
-    cancel: Option<kiln_host::Cancel>,
-) -> kiln_sandbox::Watchdog {
+/// A QEMU that exited because its guest rebooted is started again instead (see [`Machine`]).
+fn watchdog(machine: SharedMachine, cancel: Option<kiln_host::Cancel>) -> kiln_sandbox::Watchdog {
     Box::new(move || {
         if cancel.as_ref().is_some_and(kiln_host::Cancel::is_cancelled) {
             return Some(CANCELLED.to_string());
         }
-        if let Some(why) = fatal_console(&fs::read_to_string(&serial).unwrap_or_default()) {
+        let mut m = lock(&machine);
+        let serial = m.cfg.work_dir.join("serial.log");
+        let console = fs::read(&serial).unwrap_or_default();
+        if let Some(why) = fatal_console(&String::from_utf8_lossy(&console)) {
             return Some(why);
         }
-        // QEMU is our child: once it exits it is a zombie (state Z) until reaped.
-        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
-            let after = s.rsplit_once(')')?.1.trim_start().chars().next()?;
-            Some(after)
-        });
-        match state {
-            None | Some('Z') | Some('X') => {
-                let msg = fs::read_to_string(&stderr).unwrap_or_default();
-                Some(format!(
-                    "QEMU exited{}",
-                    if msg.trim().is_empty() { String::new() } else { format!(": {}", msg.trim()) }
-                ))
+        if let Some(why) = &m.gone {
+            return Some(why.clone());
+        }
+        let Some(vm) = m.vm.as_mut() else { return Some("QEMU was stopped".into()) };
+        let exited = vm.exited()?;
+        let this_boot = console.get(m.boot_console_at as usize..).unwrap_or_default();
+        if !String::from_utf8_lossy(this_boot).contains(KERNEL_REBOOTING) {
+            m.gone = Some(exited.clone());
+            return Some(exited);
+        }
+        m.boot_console_at = console.len() as u64;
+        let cfg = m.cfg.clone();
+        let restarted = match m.vm.as_mut() {
+            Some(vm) => vm.restart(&cfg),
+            None => return Some("QEMU was stopped".into()),
+        };
+        match restarted {
+            Ok(()) => {
+                tracing::info!("the guest rebooted: QEMU powered it on again (a cold reboot)");
+                None
             }
-            _ => None,
+            Err(e) => {
+                let why = format!("the guest rebooted and QEMU could not start it again: {e}");
+                m.gone = Some(why.clone());
+                Some(why)
+            }
         }
     })
 }

@@ -74,6 +74,8 @@ impl std::fmt::Debug for GuestOptions {
 }
 
 struct Conn {
+    /// QEMU's end of the port, connected to again when QEMU is started again (a cold reboot).
+    socket: PathBuf,
     writer: UnixStream,
     reader: BufReader<UnixStream>,
     /// A partly read line, kept across read timeouts.
@@ -117,8 +119,14 @@ impl GuestSession {
         };
         stream.set_read_timeout(Some(TICK))?;
         let reader = BufReader::new(stream.try_clone()?);
-        let mut conn =
-            Conn { writer: stream, reader, partial: Vec::new(), next_id: 1, boot_id: String::new() };
+        let mut conn = Conn {
+            socket: socket.to_owned(),
+            writer: stream,
+            reader,
+            partial: Vec::new(),
+            next_id: 1,
+            boot_id: String::new(),
+        };
         conn.boot_id = wait_for_agent(&mut conn, &opts, deadline, None)?;
         Ok(GuestSession { conn: Mutex::new(conn), opts })
     }
@@ -211,7 +219,9 @@ fn why_gone(opts: &GuestOptions) -> Option<String> {
     }
 }
 
-/// Pings until the agent answers from a boot other than `not_boot`; returns its boot id.
+/// Pings until the agent answers from a boot other than `not_boot`; returns its boot id. A
+/// channel that closes while the watchdog says the machine is still there (QEMU powered it on
+/// again after a reboot) is connected to again.
 fn wait_for_agent(
     conn: &mut Conn,
     opts: &GuestOptions,
@@ -224,20 +234,46 @@ fn wait_for_agent(
         if last_ping.elapsed() >= TICK {
             let id = conn.next_id;
             conn.next_id += 1;
-            if let Err(e) = proto::send_line(&mut conn.writer, &Envelope { id, msg: Request::Ping }) {
-                return Err(why_gone(opts).map(GuestError::Gone).unwrap_or(GuestError::Io(e)));
+            if proto::send_line(&mut conn.writer, &Envelope { id, msg: Request::Ping }).is_err() {
+                reconnect(conn, opts, deadline)?;
+                continue;
             }
             last_ping = Instant::now();
         }
-        if let Some(m) = next_message::<Response>(conn, opts)?
-            && m.id >= first_ping
-            && let Ok(Reply::Pong { boot_id }) = m.msg
-            && not_boot != Some(boot_id.as_str())
-        {
-            return Ok(boot_id);
+        match next_message::<Response>(conn, opts) {
+            Ok(Some(Envelope { id, msg: Ok(Reply::Pong { boot_id }) }))
+                if id >= first_ping && not_boot != Some(boot_id.as_str()) =>
+            {
+                return Ok(boot_id);
+            }
+            Ok(_) => {}
+            Err(_) => reconnect(conn, opts, deadline)?,
         }
         if Instant::now() >= deadline {
             return Err(GuestError::NotReady { seconds: opts.ready_timeout.as_secs() });
+        }
+    }
+}
+
+/// Connects to the agent socket again after the channel closed: an error with the watchdog's
+/// reason if the machine is gone, else once QEMU (started again) listens.
+fn reconnect(conn: &mut Conn, opts: &GuestOptions, deadline: Instant) -> Result<(), GuestError> {
+    loop {
+        if let Some(why) = opts.watchdog.as_ref()() {
+            return Err(GuestError::Gone(why));
+        }
+        match UnixStream::connect(&conn.socket) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(TICK))?;
+                conn.reader = BufReader::new(stream.try_clone()?);
+                conn.writer = stream;
+                conn.partial.clear();
+                return Ok(());
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(GuestError::Connect { path: conn.socket.clone(), source: e });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
 }
