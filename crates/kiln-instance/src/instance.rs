@@ -152,7 +152,8 @@ impl Instance {
         let accel = vm.accel();
         let serial = vm.serial_log().to_path_buf();
         let started = vm.started();
-        let machine = Arc::new(Mutex::new(Machine { vm: Some(vm), cfg: vm_cfg, boot_console_at: 0, gone: None }));
+        let machine =
+            Arc::new(Mutex::new(Machine { vm: Some(vm), cfg: vm_cfg, boot_console_at: 0, gone: None }));
         let watchdog = watchdog(Arc::clone(&machine), cfg.cancel.clone());
         let mut env = kiln_sandbox::SandboxConfig::default_env();
         for (k, v) in &cfg.env {
