@@ -17,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-target=${CARGO_TARGET_DIR:-target}
+# Absolute: cargo runs the bench in the package's folder.
+target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 cargo build --release --locked -p kiln-cli >&2
 cargo bench --locked -p kiln-server --bench load --no-run >&2
 say "kiln serve under load"
