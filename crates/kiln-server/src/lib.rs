@@ -9,6 +9,7 @@
 //! paths, error encoding), which stay in kiln-api; it gets authenticated, authorised calls as
 //! JSON and answers JSON or an [`kiln_api::ApiError`].
 
+pub mod coordinator;
 mod credentials;
 mod lifecycle;
 pub mod monitor;
@@ -88,6 +89,10 @@ struct Inner {
     /// The cancellation tokens of the builds running in this process, by image ARN.
     running: Mutex<HashMap<String, kiln_host::Cancel>>,
     shutting_down: AtomicBool,
+    /// This process among the servers on one state (see `coordinator`).
+    node: String,
+    /// Whether this server holds the coordinator role.
+    coordinator: AtomicBool,
 }
 
 impl Server {
@@ -109,6 +114,8 @@ impl Server {
                 queued: tokio::sync::Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
+                node: coordinator::node_name(),
+                coordinator: AtomicBool::new(false),
             }),
         })
     }

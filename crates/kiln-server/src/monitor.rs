@@ -259,23 +259,36 @@ impl Monitoring {
     }
 
     /// Follows the store from where the last server left off (see [`Monitoring::cursors`])
-    /// until aborted, saving its position after each pass that moved it.
-    pub async fn follow(self: Arc<Self>, interval: Duration) {
-        let mut cursor = match self.cursors().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("monitoring cannot follow the store: {e}");
-                return;
-            }
-        };
+    /// until aborted, saving its position after each pass that moved it — while
+    /// `coordinating()` says this server is the coordinator, so that of several servers only
+    /// one notifies and examines each event. The others keep their gauges current.
+    pub async fn follow(self: Arc<Self>, interval: Duration, coordinating: impl Fn() -> bool + Send) {
+        let mut cursor: Option<Cursor> = None;
         loop {
-            let before = cursor;
-            if let Err(e) = self.follow_once(&mut cursor).await {
-                tracing::warn!("following the store: {e}");
-            }
-            if cursor != before {
-                if let Err(e) = self.save_cursors(cursor).await {
-                    tracing::warn!("saving where monitoring is in the store: {e}");
+            if coordinating() {
+                if cursor.is_none() {
+                    // Read afresh on taking over: another coordinator may have moved it.
+                    cursor = self
+                        .cursors()
+                        .await
+                        .map_err(|e| tracing::warn!("monitoring cannot follow the store: {e}"))
+                        .ok();
+                }
+                if let Some(c) = cursor.as_mut() {
+                    let before = *c;
+                    if let Err(e) = self.follow_once(c).await {
+                        tracing::warn!("following the store: {e}");
+                    }
+                    if *c != before {
+                        if let Err(e) = self.save_cursors(*c).await {
+                            tracing::warn!("saving where monitoring is in the store: {e}");
+                        }
+                    }
+                }
+            } else {
+                cursor = None;
+                if let Err(e) = self.update_gauges().await {
+                    tracing::warn!("reading the store for the metrics: {e}");
                 }
             }
             tokio::time::sleep(interval).await;
@@ -347,6 +360,11 @@ impl Monitoring {
                 break;
             }
         }
+        self.update_gauges().await
+    }
+
+    /// The gauges read from the store: images per state, queue depth, open findings.
+    pub async fn update_gauges(&self) -> Result<(), StoreError> {
         let counts = self.store.image_counts_by_state().await?;
         for state in ImageState::ALL {
             let n = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);

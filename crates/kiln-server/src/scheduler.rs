@@ -87,15 +87,27 @@ pub struct Evaluation {
 }
 
 /// Evaluates the pipelines, and runs the lifecycle policies that are due, every
-/// `options.interval` until the server shuts down.
+/// `options.interval` until the server shuts down, while this server is the coordinator (see
+/// [`crate::coordinator`]): of several servers on one state, one schedules.
 pub async fn run(server: Server, options: SchedulerOptions) {
-    let reason = "the server stopped during the run";
-    match server.store().fail_running_lifecycle_executions(reason, (options.clock)()).await {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!("failed {n} lifecycle execution(s) interrupted by a stopped server"),
-        Err(e) => tracing::warn!("scheduler: lifecycle executions: {e}"),
-    }
+    let mut coordinating = false;
     while !server.is_shutting_down() {
+        if !server.is_coordinator() {
+            coordinating = false;
+            tokio::time::sleep(options.interval).await;
+            continue;
+        }
+        if !coordinating {
+            // Runs are synchronous in the coordinator's scheduler: one still RUNNING now was
+            // left by a coordinator that stopped.
+            coordinating = true;
+            let reason = "the server stopped during the run";
+            match server.store().fail_running_lifecycle_executions(reason, (options.clock)()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!("failed {n} lifecycle execution(s) interrupted by a stopped server"),
+                Err(e) => tracing::warn!("scheduler: lifecycle executions: {e}"),
+            }
+        }
         let now = (options.clock)();
         if let Err(e) = tick(&server, now, &options.index).await {
             tracing::warn!("scheduler: {e}");

@@ -1,6 +1,6 @@
 //! `kiln serve`: the router inside the monitoring layer on a socket (with `GET /metrics`), the
-//! audit writer and the store follower, the worker pool with its reaper, and the scheduler,
-//! until shutdown.
+//! audit writer, the worker pool with its reaper, and — while this server holds the coordinator
+//! role — the store follower and the scheduler, until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use kiln_api::observe::{Monitor, with_monitoring};
 use kiln_api::server::{ServerConfig, router};
 
+use crate::coordinator;
 use crate::monitor::{MonitorOptions, Monitoring};
 use crate::pool::{Pool, WorkerOptions};
 use crate::scheduler::{self, SchedulerOptions};
@@ -26,6 +27,8 @@ pub struct ServeOptions {
     pub monitor: MonitorOptions,
     /// The scheduler of pipelines (`None`: schedules do not fire).
     pub scheduler: Option<SchedulerOptions>,
+    /// The term of the coordinator role (see [`crate::coordinator`]).
+    pub coordinator_term: Duration,
 }
 
 impl ServeOptions {
@@ -36,6 +39,7 @@ impl ServeOptions {
             workers: WorkerOptions::default(),
             monitor: MonitorOptions::default(),
             scheduler: Some(SchedulerOptions::default()),
+            coordinator_term: coordinator::TERM,
         }
     }
 }
@@ -62,7 +66,16 @@ pub async fn serve(
     let pool = Pool::start(&server, &options.workers, "serve").await?;
     let monitoring = Monitoring::start(server.store().clone(), &options.monitor).await?;
     let (sink, audit_writer) = monitoring.audit_sink(options.monitor.audit_queue);
-    let follower = tokio::spawn(Arc::clone(&monitoring).follow(options.monitor.follow_interval));
+    // Before the scheduler and the follower start, so a lone server coordinates from its
+    // first pass.
+    server.renew_coordinator(options.coordinator_term).await;
+    let renewing = tokio::spawn(coordinator::keep_renewing(server.clone(), options.coordinator_term));
+    let coordinating = {
+        let server = server.clone();
+        move || server.is_coordinator()
+    };
+    let follower =
+        tokio::spawn(Arc::clone(&monitoring).follow(options.monitor.follow_interval, coordinating));
     let schedule = options.scheduler.clone().map(|o| tokio::spawn(scheduler::run(server.clone(), o)));
     let api = router(ServerConfig::default(), Arc::new(server.clone()), Arc::new(server.clone()));
     let app = with_monitoring(api, Arc::new(Monitor::new(monitoring.metrics.clone(), Arc::new(sink))));
@@ -80,6 +93,8 @@ pub async fn serve(
     if let Some(s) = schedule {
         s.abort();
     }
+    renewing.abort();
+    server.release_coordinator().await;
     // The router (and with it the last sink) is gone: the writer drains the queue and ends.
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), monitoring.flush()).await;

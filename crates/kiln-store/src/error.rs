@@ -128,7 +128,7 @@ pub enum StoreError {
     )]
     LeaseLost { id: i64, worker_id: String },
 
-    /// A job kind was empty, or a lease too long to represent.
+    /// A job kind was empty, or a lease (of a job, or the term of a role) too long to represent.
     #[error("invalid job request: {reason}")]
     InvalidJob { reason: String },
 

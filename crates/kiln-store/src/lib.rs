@@ -26,6 +26,7 @@ mod error;
 mod images;
 mod jobs;
 mod layers;
+mod leadership;
 mod lifecycle;
 mod recipes;
 mod regions;

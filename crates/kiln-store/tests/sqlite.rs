@@ -31,6 +31,7 @@ conformance_tests! {
     executions_with_and_without_a_pipeline,
     api_resource_conditional_update_refuses_a_changed_resource,
     lifecycle_executions_start_finish_once_list_and_delete,
+    a_role_has_one_holder_until_released_or_its_term_runs_out,
     component_create_get_list_delete,
     component_digest_is_sha256_of_document,
     component_duplicate_version_refused,

@@ -1122,6 +1122,25 @@ pub async fn executions_with_and_without_a_pipeline(store: &Store) {
     assert_eq!(listed.iter().map(|e| e.image_arn.as_str()).collect::<Vec<_>>(), [a.arn.as_str()]);
 }
 
+pub async fn a_role_has_one_holder_until_released_or_its_term_runs_out(store: &Store) {
+    use std::time::Duration;
+    let long = Duration::from_secs(60);
+    assert!(store.hold_role("scheduler", "serve-a", long).await.unwrap(), "a free role is taken");
+    assert!(!store.hold_role("scheduler", "serve-b", long).await.unwrap(), "one holder at a time");
+    assert!(store.hold_role("scheduler", "serve-a", long).await.unwrap(), "the holder renews");
+    assert!(store.hold_role("follower", "serve-b", long).await.unwrap(), "roles are separate");
+    // Released: the other process takes it at once.
+    store.release_role("scheduler", "serve-b").await.unwrap();
+    assert!(!store.hold_role("scheduler", "serve-b", long).await.unwrap(), "only the holder releases");
+    store.release_role("scheduler", "serve-a").await.unwrap();
+    assert!(store.hold_role("scheduler", "serve-b", Duration::from_millis(50)).await.unwrap());
+    // A holder that stops renewing loses the role once its term has run out.
+    assert!(!store.hold_role("scheduler", "serve-a", long).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.hold_role("scheduler", "serve-a", long).await.unwrap(), "the dead holder's term ran out");
+    assert!(!store.hold_role("scheduler", "serve-b", long).await.unwrap());
+}
+
 pub async fn lifecycle_executions_start_finish_once_list_and_delete(store: &Store) {
     use kiln_store::LifecycleExecutionState::{Failed, Running, Success};
     let policy = "arn:aws:imagebuilder:local:000000000000:lifecycle-policy/p";
