@@ -2,8 +2,11 @@
 //! the other serves and keeps its gauges but notifies nothing; when the coordinator stops, the
 //! other takes over from the saved position, so each state change is handled exactly once.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{new_image, sample_value};
 use kiln_server::{ServeOptions, Server};
 use tokio::sync::oneshot;
 
@@ -39,8 +42,8 @@ async fn start(home: &std::path::Path) -> Running {
 /// `kiln_image_state_transitions_total{state=STATE}` on the server's `/metrics`.
 async fn transitions(addr: std::net::SocketAddr, state: &str) -> u64 {
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-    let prefix = format!("kiln_image_state_transitions_total{{state=\"{state}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    let sample = format!("kiln_image_state_transitions_total{{state=\"{state}\"}}");
+    sample_value(&text, &sample).map_or(0, |v| v as u64)
 }
 
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
@@ -62,15 +65,7 @@ async fn one_server_coordinates_and_another_takes_over_where_it_stopped() {
     assert!(!b.server.is_coordinator(), "one coordinator at a time");
 
     let store = a.server.store();
-    let new = kiln_store::NewImage {
-        name: "web".into(),
-        version: kiln_store::Version::parse("1.0.0").unwrap(),
-        region: "local".into(),
-        account: "111122223333".into(),
-        recipe: serde_json::json!({}),
-        tags: Default::default(),
-    };
-    let arn = store.create_image(&new).await.unwrap().arn;
+    let arn = store.create_image(&new_image("web", "111122223333")).await.unwrap().arn;
     store.transition(&arn, kiln_store::ImageState::Building, None).await.unwrap();
     eventually("the coordinator to count the change", async || transitions(a.addr, "BUILDING").await == 1)
         .await;

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kiln_store::{ImageState, LifecycleExecutionState, NewImage};
+use kiln_store::{ImageState, LifecycleExecutionState};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -47,17 +47,7 @@ async fn failure(
 /// An AVAILABLE image of `account`, as a finished build leaves it.
 async fn available(env: &Env, name: &str, account: &str) -> String {
     let store = env.server.store();
-    let image = store
-        .create_image(&NewImage {
-            name: name.into(),
-            version: "1.0.0".parse().unwrap(),
-            region: "local".into(),
-            account: account.into(),
-            recipe: json!({}),
-            tags: Default::default(),
-        })
-        .await
-        .unwrap();
+    let image = store.create_image(&new_image(name, account)).await.unwrap();
     for state in [ImageState::Building, ImageState::Available] {
         store.transition(&image.arn, state, None).await.unwrap();
     }

@@ -203,23 +203,13 @@ async fn the_findings_gauge_follows_the_latest_scans_of_images_not_deleted() {
     let monitoring =
         kiln_server::monitor::Monitoring::start(store.clone(), &Default::default()).await.unwrap();
     let mut cursor = monitoring.cursors().await.unwrap();
-    let image = |name: &str| kiln_store::NewImage {
-        name: name.into(),
-        version: kiln_store::Version::parse("1.0.0").unwrap(),
-        region: "local".into(),
-        account: "111122223333".into(),
-        recipe: serde_json::json!({}),
-        tags: Default::default(),
-    };
-    let web = store.create_image(&image("web")).await.unwrap().arn;
-    let db = store.create_image(&image("db")).await.unwrap().arn;
+    let web = store.create_image(&new_image("web", "111122223333")).await.unwrap().arn;
+    let db = store.create_image(&new_image("db", "111122223333")).await.unwrap().arn;
     store.record_scan(&scan(&web, 3)).await.unwrap();
     store.record_scan(&scan(&db, 2)).await.unwrap();
     let gauge = |text: &str, severity: &str| -> f64 {
-        let prefix = format!("kiln_scan_findings{{severity=\"{severity}\"}} ");
-        let line =
-            text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{prefix} in {text}"));
-        line[prefix.len()..].parse().unwrap()
+        let sample = format!("kiln_scan_findings{{severity=\"{severity}\"}}");
+        sample_value(text, &sample).unwrap_or_else(|| panic!("{sample} in {text}"))
     };
     monitoring.follow_once(&mut cursor).await.unwrap();
     let text = monitoring.metrics.encode_text();
@@ -242,27 +232,18 @@ async fn a_restarted_follower_picks_up_what_happened_while_no_server_ran() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::open(dir.path()).await.unwrap();
     let store = server.store();
-    let new = kiln_store::NewImage {
-        name: "web".into(),
-        version: kiln_store::Version::parse("1.0.0").unwrap(),
-        region: "local".into(),
-        account: "111122223333".into(),
-        recipe: serde_json::json!({}),
-        tags: Default::default(),
-    };
-    let before_any_server = store.create_image(&new).await.unwrap().arn;
+    let before_any_server = store.create_image(&new_image("web", "111122223333")).await.unwrap().arn;
     store.transition(&before_any_server, kiln_store::ImageState::Building, None).await.unwrap();
-    let transitions = |m: &kiln_server::monitor::Monitoring, state: &str| -> usize {
-        let text = m.metrics.encode_text();
-        let prefix = format!("kiln_image_state_transitions_total{{state=\"{state}\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    let transitions = |m: &kiln_server::monitor::Monitoring, state: &str| -> f64 {
+        let sample = format!("kiln_image_state_transitions_total{{state=\"{state}\"}}");
+        sample_value(&m.metrics.encode_text(), &sample).unwrap_or(0.0)
     };
 
     // The first server ever starts at the newest event: history before it is not replayed.
     let first = kiln_server::monitor::Monitoring::start(store.clone(), &Default::default()).await.unwrap();
     let mut cursor = first.cursors().await.unwrap();
     first.follow_once(&mut cursor).await.unwrap();
-    assert_eq!(transitions(&first, "BUILDING"), 0);
+    assert_eq!(transitions(&first, "BUILDING"), 0.0);
     first.save_cursors(cursor).await.unwrap();
 
     // While no server runs, a worker finishes the build.
@@ -272,6 +253,6 @@ async fn a_restarted_follower_picks_up_what_happened_while_no_server_ran() {
     let next = kiln_server::monitor::Monitoring::start(store.clone(), &Default::default()).await.unwrap();
     let mut cursor = next.cursors().await.unwrap();
     next.follow_once(&mut cursor).await.unwrap();
-    assert_eq!(transitions(&next, "AVAILABLE"), 1);
-    assert_eq!(transitions(&next, "BUILDING"), 0, "only what happened after the saved position");
+    assert_eq!(transitions(&next, "AVAILABLE"), 1.0);
+    assert_eq!(transitions(&next, "BUILDING"), 0.0, "only what happened after the saved position");
 }

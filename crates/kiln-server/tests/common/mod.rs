@@ -146,3 +146,22 @@ pub fn signed(key: &NewUserKey, host: &str, method: &str, path: &str, body: &Val
     *request.headers_mut() = headers;
     request
 }
+
+/// A new image `name`/1.0.0 of `account` with an empty recipe, as the store records it (PENDING).
+pub fn new_image(name: &str, account: &str) -> kiln_store::NewImage {
+    kiln_store::NewImage {
+        name: name.into(),
+        version: "1.0.0".parse().unwrap(),
+        region: "local".into(),
+        account: account.into(),
+        recipe: json!({}),
+        tags: Default::default(),
+    }
+}
+
+/// The value of the sample `sample` (name and labels, as in `kiln_images{state="BUILDING"}`)
+/// in a Prometheus text page, if it is there.
+pub fn sample_value(text: &str, sample: &str) -> Option<f64> {
+    let prefix = format!("{sample} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse().unwrap())
+}
