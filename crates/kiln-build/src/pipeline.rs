@@ -532,15 +532,12 @@ impl BuildCtx<'_> {
         run::is_cancelled(self.cancel())
     }
 
-    /// [`BuildError::Cancelled`] once the request's token is cancelled.
     fn check_cancel(&self) -> Result<(), BuildError> {
-        if self.cancelled() { Err(BuildError::Cancelled) } else { Ok(()) }
+        run::check_cancel(self.cancel())
     }
 
-    /// `e`, or [`BuildError::Cancelled`] when the build was cancelled: whatever failed then
-    /// failed because its process or instance was killed.
     fn or_cancelled(&self, e: BuildError) -> BuildError {
-        if self.cancelled() { BuildError::Cancelled } else { e }
+        run::or_cancelled(self.cancel(), e)
     }
 
     fn stage<T>(&self, name: &str, f: impl FnOnce() -> Result<T, BuildError>) -> Result<T, BuildError> {

@@ -53,9 +53,7 @@ impl<'a> Target<'a> {
     /// A session over the target, with the hook that interrupts it on a cancel (keep the
     /// guard while the session is used; drop it before the session ends).
     fn start(&self) -> Result<(Session, Option<CancelGuard>), BuildError> {
-        if is_cancelled(self.cancel) {
-            return Err(BuildError::Cancelled);
-        }
+        check_cancel(self.cancel)?;
         let session = Sandbox::start(self.config()).map_err(|e| BuildError::Sandbox(e.to_string()))?;
         let guard = self.cancel.map(|c| {
             let interrupter = session.interrupter();
@@ -69,9 +67,7 @@ impl<'a> Target<'a> {
     fn finish(&self, session: Session, guard: Option<CancelGuard>) -> Result<(), BuildError> {
         drop(guard);
         let ended = session.shutdown();
-        if is_cancelled(self.cancel) {
-            return Err(BuildError::Cancelled);
-        }
+        check_cancel(self.cancel)?;
         ended.map_err(|e| BuildError::Sandbox(e.to_string()))
     }
 
@@ -91,6 +87,17 @@ impl<'a> Target<'a> {
 
 pub(crate) fn is_cancelled(cancel: Option<&Cancel>) -> bool {
     cancel.is_some_and(Cancel::is_cancelled)
+}
+
+/// [`BuildError::Cancelled`] once `cancel` is cancelled.
+pub(crate) fn check_cancel(cancel: Option<&Cancel>) -> Result<(), BuildError> {
+    if is_cancelled(cancel) { Err(BuildError::Cancelled) } else { Ok(()) }
+}
+
+/// `e`, or [`BuildError::Cancelled`] when `cancel` was cancelled: whatever failed then failed
+/// because its process or instance was killed.
+pub(crate) fn or_cancelled(cancel: Option<&Cancel>, e: BuildError) -> BuildError {
+    if is_cancelled(cancel) { BuildError::Cancelled } else { e }
 }
 
 /// Run `phase` of each component in order on `target`; the report covers them all.

@@ -64,13 +64,11 @@ pub(crate) fn build_in_vm(
     opts.formats = vec![kiln_image::OutputFormat::Qcow2 { compressed: false }];
     opts.kernel_cmdline = b.kernel_cmdline.to_string();
     let source = kiln_image::TreeSource::Layers(b.stack.to_vec());
-    let cancelled = || crate::run::is_cancelled(b.cancel);
+    let check_cancel = || crate::run::check_cancel(b.cancel);
     // A cancelled step's error is the cancel's doing: say so, not what broke under it.
-    let or_cancelled = |e: BuildError| if cancelled() { BuildError::Cancelled } else { e };
+    let or_cancelled = |e: BuildError| crate::run::or_cancelled(b.cancel, e);
     let staged = kiln_image::stage(&source, b.layout, &opts).map_err(|e| vm_err("staging")(e.to_string()))?;
-    if cancelled() {
-        return Err(BuildError::Cancelled);
-    }
+    check_cancel()?;
     let disk = staged.assemble().map_err(|e| vm_err("assembling its disk")(e.to_string()))?;
     let qcow2 = disk
         .artifact(kiln_image::OutputFormat::Qcow2 { compressed: false })
@@ -103,9 +101,7 @@ pub(crate) fn build_in_vm(
     } else {
         crate::run::empty_report(PhaseName::Validate)
     };
-    if cancelled() {
-        return Err(BuildError::Cancelled);
-    }
+    check_cancel()?;
     if !build.success() || !validate.success() {
         return Ok(VmBuilt { build, validate });
     }
@@ -145,9 +141,7 @@ pub(crate) fn build_in_vm(
         ));
     }
     drop(vm);
-    if cancelled() {
-        return Err(BuildError::Cancelled);
-    }
+    check_cancel()?;
     kiln_parent::import_disk(&flat, dest).map_err(|e| vm_err("importing its disk")(e.to_string()))?;
     Ok(VmBuilt { build, validate })
 }
